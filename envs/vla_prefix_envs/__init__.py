@@ -1,0 +1,1 @@
+"""The tabletop suite (placeholder)."""
