@@ -1,0 +1,116 @@
+"""The frozen VLA backbone: block-causal mask, positions, save/load, fingerprint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backbones import FAMILIES, backbone, batch
+from vla_prefix.errors import ConfigError
+from vla_prefix.models import VLA
+from vla_prefix.models.attention import LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK, VISION_BLOCK, block_causal_mask
+from vla_prefix.prefix.config import PrefixConfig, StreamConfig
+from vla_prefix.prefix.prefix_set import PrefixSet
+
+
+def test_mask_pattern_is_block_causal():
+    q = torch.tensor([0, 0, 1, 1, 2, 3])
+    k = torch.cat([torch.tensor([0, 1]), q])  # two cached prefix keys, then the tokens
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    valid[0, 5] = False  # a padded instruction token
+    m = block_causal_mask(q, k, valid, torch.float32)[0, 0] == 0
+    assert m[0].tolist() == [True, False, True, True, False, False, False, False]  # visual: own block only
+    assert m[2].tolist() == [True, True, True, True, True, False, False, False]  # language sees vision; pad hidden
+    assert m[4].tolist() == [True, True, True, True, True, False, True, False]  # proprio: not readouts
+    assert m[5].tolist() == [True, True, True, True, True, False, True, True]  # readouts see everything valid
+    assert not m[:5, 7].any()  # nothing but readouts attends to readouts
+
+
+def _states(vla, b, prefix=None):
+    hidden, blocks = vla.sequence_states(b, prefix)
+    return {blk: hidden[:, blocks == blk] for blk in (VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_every_promise_of_the_mask_by_perturbation(family, attn):
+    vla = backbone(family, attn)
+    b = batch(vla, 2)
+    cfg = PrefixConfig(StreamConfig(length=3, depth="deep"), StreamConfig(length=3, depth="deep"))
+    prefix = PrefixSet(cfg, vla, seed=0)
+    ref = _states(vla, b, prefix())
+
+    def changed(states, block):
+        return not torch.allclose(states[block], ref[block], atol=1e-6)
+
+    def perturbed(stream):
+        p = PrefixSet(cfg, vla, seed=0)
+        with torch.no_grad():
+            p.streams[stream].raw.add_(1.0)
+        return p()
+
+    s = _states(vla, b, perturbed("language"))  # the visual block must not move, later blocks must
+    assert not changed(s, VISION_BLOCK) and changed(s, LANGUAGE_BLOCK) and changed(s, READOUT_BLOCK)
+
+    s = _states(vla, b, perturbed("visual"))  # language sees the visual block, prefix included
+    assert changed(s, VISION_BLOCK) and changed(s, LANGUAGE_BLOCK) and changed(s, PROPRIO_BLOCK)
+
+    b2 = dict(b, proprio=b["proprio"] + 1.0)  # proprio: only proprio and readouts move
+    s = _states(vla, b2, prefix())
+    assert not changed(s, VISION_BLOCK) and not changed(s, LANGUAGE_BLOCK)
+    assert changed(s, PROPRIO_BLOCK) and changed(s, READOUT_BLOCK)
+
+    b3 = dict(b, image=255 - b["image"])  # images: everything downstream moves
+    s = _states(vla, b3, prefix())
+    assert changed(s, VISION_BLOCK) and changed(s, LANGUAGE_BLOCK) and changed(s, READOUT_BLOCK)
+
+    with torch.no_grad():  # readouts: nothing attends to them
+        vla.readout_embed.add_(1.0)
+        s = _states(vla, b, prefix())
+    assert not any(changed(s, blk) for blk in (VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK))
+    assert changed(s, READOUT_BLOCK)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bidirectional_within_a_block(family):
+    """The first instruction token sees the last one, in decoder and encoder trunks alike."""
+    vla = backbone(family)
+    b = batch(vla, 1)
+    ref = _states(vla, b)[LANGUAGE_BLOCK][:, 0]
+    ids = b["instruction_ids"].clone()
+    last = int(b["instruction_mask"].sum()) - 1
+    ids[0, last] = (ids[0, last] + 7) % len(vla.tokenizer)
+    assert not torch.allclose(_states(vla, dict(b, instruction_ids=ids))[LANGUAGE_BLOCK][:, 0], ref)
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    vla = backbone("llama")
+    vla.set_normalization([0.1] * 4, [2.0] * 4, [0.0] * 4, [0.5] * 4)
+    b = batch(vla, 3)
+    vla.save_pretrained(tmp_path / "base")
+    loaded = VLA.from_pretrained(tmp_path / "base")
+    assert torch.equal(loaded.predict_actions(b), vla.predict_actions(b))
+    assert loaded.fingerprint() == vla.fingerprint()
+    assert torch.equal(loaded.action_std, vla.action_std)  # normalisation travels with the weights
+    assert (tmp_path / "base" / "tokenizer").is_dir()
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a, b = backbone("llama"), backbone("llama")
+    assert a.fingerprint() == b.fingerprint()
+    with torch.no_grad():
+        b.head.mlp[-1].bias.add_(1e-3)
+    assert b.refresh_fingerprint() != a.fingerprint()
+
+
+def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a saved VLA"):
+        VLA.from_pretrained(tmp_path / "nothing")
+
+
+def test_wrong_image_size_is_a_clear_error():
+    vla = backbone("llama")
+    b = batch(vla, 1)
+    b["image"] = torch.zeros(1, 1, 48, 48, 3, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match="image_size"):
+        vla.predict_actions(b)

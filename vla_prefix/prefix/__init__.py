@@ -1,0 +1,1 @@
+"""Per-stream prefixes: configuration, trainable module, tensors for a forward, and prefix files."""
