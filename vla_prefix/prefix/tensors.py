@@ -68,3 +68,45 @@ class PrefixTensors:
 
     def streams(self):
         return {name: s for name, s in (("visual", self.visual), ("language", self.language)) if s is not None}
+
+
+def _pad_stream(s: StreamPrefix, length: int) -> StreamPrefix:
+    """Zero-pad a batch-1 stream to `length` positions; padding is marked invalid."""
+    valid = s.valid_mask()
+    extra = length - s.length
+    if extra == 0:
+        return StreamPrefix(s.kind, s.value, valid)
+    pos_dim = s.value.ndim - 2 if s.kind == "kv" else 1
+    pad_shape = list(s.value.shape)
+    pad_shape[pos_dim] = extra
+    value = torch.cat([s.value, s.value.new_zeros(pad_shape)], dim=pos_dim)
+    return StreamPrefix(s.kind, value, torch.cat([valid, valid.new_zeros(valid.shape[0], extra)], dim=1))
+
+
+def gather_rows(prefixes: list[PrefixTensors], rows: torch.Tensor) -> PrefixTensors:
+    """One batch in which row i uses `prefixes[rows[i]]` (each a batch-1 PrefixTensors).
+
+    Streams of different lengths are zero-padded and masked, so any mix of tasks fits one forward.
+    """
+    out = {}
+    for name in ("visual", "language"):
+        streams = [getattr(p, name) for p in prefixes]
+        present = [s for s in streams if s is not None]
+        if not present:
+            continue
+        kinds = {s.kind for s in present}
+        if len(kinds) > 1:
+            raise ValueError(f"cannot batch {name} prefixes of different kinds {sorted(kinds)}")
+        kind, like = kinds.pop(), present[0]
+        length = max(s.length for s in present)
+        if any(s is None for s in streams):  # a task without this stream: a fully masked stand-in
+            shape = list(like.value.shape)
+            shape[like.value.ndim - 2 if kind == "kv" else 1] = 0
+            empty = StreamPrefix(kind, like.value.new_zeros(shape), torch.zeros(1, 0, dtype=torch.bool))
+            streams = [empty if s is None else s for s in streams]
+        padded = [_pad_stream(s, length) for s in streams]
+        batch_dim = padded[0].batch_dim
+        value = torch.cat([p.value for p in padded], dim=batch_dim).index_select(batch_dim, rows)
+        valid = torch.cat([p.valid for p in padded], dim=0).index_select(0, rows)
+        out[name] = StreamPrefix(kind, value, None if bool(valid.all()) else valid)
+    return PrefixTensors(**out)

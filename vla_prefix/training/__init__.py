@@ -1,0 +1,1 @@
+"""One trainer for every mode: pretrain, prefix, prompt, lora, full, head, scratch."""

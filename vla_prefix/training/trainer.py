@@ -1,0 +1,239 @@
+"""The one trainer. `train(cfg)` runs any mode end to end and returns the summary dict.
+
+Sections: setup -> data -> backbone and learner -> optimiser -> resume -> loop -> outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import ConfigError, VLAPrefixError
+from ..models import VLA, build_backbone
+from ..prefix.io import save_prefix
+from ..sim.registry import load_task_modules, resolve_tasks
+from ..utils.atomic import atomic_write_json
+from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from .config import MODES, TrainConfig
+from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
+from .loggers import RunLogger
+from .modes import FRESH_MODES, PREFIX_MODES, make_learner, merge_lora
+
+
+class TrainingError(VLAPrefixError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+# ---------------------------------------------------------------------- helpers
+def select_tasks(cfg: TrainConfig):
+    name = cfg.task or ("pretrain" if cfg.mode == "pretrain" else "heldout")
+    if isinstance(name, (list, tuple)):
+        name = ",".join(map(str, name))
+    tasks = resolve_tasks(cfg.suite, name)
+    if cfg.mode == "pretrain":
+        leaked = [t.id for t in tasks if t.split == "heldout"]
+        if leaked:
+            raise ConfigError(f"pretraining must not see held-out tasks, but task={name!r} includes {leaked}")
+    return tasks
+
+
+def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
+    """Linear warm-up, then cosine decay to 10% of `base_lr`."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return base_lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def feature_cache_valid(cfg: TrainConfig) -> bool:
+    """Frozen vision encoder and no encoder-site prompts: its outputs can be computed once."""
+    if cfg.mode in FRESH_MODES + ("full",):
+        return False
+    return not (cfg.mode == "prefix" and cfg.prefix.visual.site == "encoder" and cfg.prefix.visual.length > 0)
+
+
+@torch.no_grad()
+def cache_visual_features(backbone: VLA, dataset: ChunkDataset, device: str, batch: int = 256) -> torch.Tensor:
+    frames = np.stack(list(dataset.frames()))
+    out = [backbone.encode_images(torch.from_numpy(frames[i : i + batch]).to(device)).cpu()
+           for i in range(0, len(frames), batch)]
+    return torch.cat(out)
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def count_summary(mode: str, learner, backbone_params: int) -> dict:
+    if mode in PREFIX_MODES:
+        one = next(iter(learner.prefixes.values()))
+        deployed = one.deployed_params()
+        return {"trainable_params": deployed, "training_params": one.training_params(),
+                "trainable_pct": 100.0 * deployed / backbone_params, "prefix_bytes": one.deployed_bytes(),
+                "n_prefixes": len(learner.prefixes)}
+    n = sum(p.numel() for p in learner.trainable_parameters())
+    return {"trainable_params": n, "training_params": n, "trainable_pct": 100.0 * n / backbone_params}
+
+
+# ---------------------------------------------------------------------- the run
+def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
+    """Train per `cfg`, writing checkpoints, outputs and train_summary.json into `run_dir`."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu")
+    if checkpoint_dir(run_dir).exists() and not cfg.resume:
+        raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, "
+                          "or choose another out_dir (nothing is overwritten)")
+    torch.manual_seed(cfg.seed)
+    load_task_modules(cfg.task_modules)
+
+    # ---- data
+    tasks = select_tasks(cfg)
+    task_ids = [t.id for t in tasks]
+    variants = {t.id: [t.instruction] + (list(t.paraphrases) if cfg.data.paraphrases else []) for t in tasks}
+
+    # ---- backbone and learner
+    if cfg.mode in FRESH_MODES:
+        corpus = [s for v in variants.values() for s in v]
+        backbone = build_backbone(cfg.model, corpus=corpus)
+    else:
+        if not cfg.base:
+            raise ConfigError(f"mode={cfg.mode} adapts a base VLA: set base=<dir of a pretrained VLA> "
+                              "(make one with `python -m vla_prefix.train mode=pretrain`)")
+        backbone = VLA.from_pretrained(cfg.base)
+    base_fingerprint = backbone.fingerprint() if cfg.mode not in FRESH_MODES else None
+    episodes = load_training_data(cfg.data.path, task_ids, cfg.data.n_demos, backbone.vision.img_size)
+    if cfg.mode in FRESH_MODES:
+        backbone.set_normalization(**normalization_stats(episodes))
+    backbone_params = backbone.num_parameters()
+    learner = make_learner(cfg.mode, backbone, task_ids, {t.id: t.instruction for t in tasks},
+                           cfg.prefix, cfg.lora, cfg.seed).to(cfg.device)
+
+    dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk)
+    use_cache = feature_cache_valid(cfg) if cfg.data.cache_features is None else cfg.data.cache_features
+    if use_cache and not feature_cache_valid(cfg):
+        raise ConfigError(f"data.cache_features=true is invalid for mode={cfg.mode} (the vision encoder trains or "
+                          "takes encoder-site prompts); set data.cache_features=null")
+    if use_cache:
+        dataset.set_feature_cache(cache_visual_features(backbone, dataset, cfg.device))
+
+    # ---- optimiser
+    base_lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.lr_by_mode[cfg.mode]
+    params = learner.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, 0.95))
+
+    # ---- resume
+    logger = RunLogger(cfg.logger, run_dir, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+                       cfg.wandb, resume=cfg.resume)
+    start = 0
+    if cfg.resume and checkpoint_dir(run_dir).exists():
+        start = load_checkpoint(run_dir, learner, optimizer)
+    logger.metrics.truncate(start)
+
+    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, cfg.seed, cfg.optim.steps, start)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        persistent_workers=False, multiprocessing_context="fork" if cfg.data.num_workers else None)
+    autocast = torch.autocast(device_type=cfg.device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16")
+
+    # ---- loop
+    learner.train()
+    loss_value = float("nan")
+    bar = tqdm(total=cfg.optim.steps, initial=start, disable=not cfg.progress, desc=f"train[{cfg.mode}]")
+    tick = time.perf_counter()
+    for step, batch in zip(range(start, cfg.optim.steps), loader):
+        lr = lr_at(step, cfg, base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            loss, _ = learner(to_device(batch, cfg.device))
+        if cfg.debug_nan_at_step == step:
+            loss = loss * float("nan")
+        if not torch.isfinite(loss):
+            last = checkpoint_dir(run_dir)
+            kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written yet"
+            logger.finish()
+            raise TrainingError(f"the loss became {loss.item()} at step {step}; stopped ({kept}). "
+                                "Lower optim.lr or check the data for NaN/inf")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+        loss_value = loss.item()
+        now = time.perf_counter()
+        logger.log({"loss": loss_value, "lr": lr, "samples_per_s": cfg.optim.batch_size / (now - tick)}, step)
+        tick = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps:
+            save_checkpoint(run_dir, learner, optimizer, step + 1)
+    bar.close()
+    if start >= cfg.optim.steps:  # resumed a finished run: report its last logged loss
+        rows = logger.metrics.read()
+        loss_value = rows[-1]["loss"] if rows else loss_value
+
+    # ---- outputs
+    learner.eval()
+    counts = count_summary(cfg.mode, learner, backbone_params)
+    outputs = save_outputs(cfg, learner, run_dir, tasks)
+    summary = {
+        "mode": cfg.mode,
+        **counts,
+        "total_params": backbone_params,
+        "steps": cfg.optim.steps,
+        "final_loss": loss_value,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "tasks": task_ids,
+        "lr": base_lr,
+        "batch_size": cfg.optim.batch_size,
+        "feature_cache": bool(use_cache),
+        "base_fingerprint": base_fingerprint,
+        "outputs": outputs,
+    }
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    logger.finish()
+    return summary
+
+
+def save_outputs(cfg: TrainConfig, learner, run_dir: Path, tasks) -> dict:
+    """pretrain -> base/; prefix/prompt -> prefixes/<task>.safetensors; others -> model/ (+ lora_adapter/)."""
+    backbone = learner.backbone
+    if cfg.mode in PREFIX_MODES:
+        paths = {}
+        for t in tasks:
+            path = run_dir / "prefixes" / f"{t.id}.safetensors"
+            save_prefix(path, learner.prefixes[t.id], backbone, task=t.id, instruction=t.instruction,
+                        steps=cfg.optim.steps, data={"path": str(cfg.data.path), "n_demos": cfg.data.n_demos,
+                                                     "mode": cfg.mode, "seed": cfg.seed})
+            paths[t.id] = str(path)
+        return {"prefixes": paths}
+    out = {}
+    if cfg.mode == "lora":
+        adapter = run_dir / "lora_adapter"
+        backbone.trunk.model.save_pretrained(str(adapter))
+        out["lora_adapter"] = str(adapter)
+        merge_lora(backbone)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    name = "base" if cfg.mode == "pretrain" else "model"
+    backbone.refresh_fingerprint()
+    backbone.save_pretrained(run_dir / name)
+    out[name] = str(run_dir / name)
+    return out
