@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
+    threads: Optional[int] = None  # torch intra-op threads (fix it for bit-exact reruns); null = torch default
     checkpoint_every: int = 100
     resume: bool = False
     out_dir: Optional[str] = None  # null = the Hydra run directory

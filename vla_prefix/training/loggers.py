@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -60,7 +61,7 @@ class RunLogger:
                 os.environ["WANDB_MODE"] = "offline"
             ws = wandb_settings
             run_id_file = run_dir / "wandb_run_id"
-            run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else wandb.util.generate_id()
+            run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else uuid.uuid4().hex[:8]
             run_id_file.write_text(run_id)
             self.wandb = wandb.init(project=ws.project, entity=ws.entity, group=ws.group, name=ws.name, id=run_id,
                                     resume="allow", dir=str(run_dir), config=config, reinit="finish_previous")
@@ -83,5 +84,8 @@ class RunLogger:
 
     def finish(self) -> None:
         if self.wandb is not None:
+            import wandb
+
             self.wandb.finish()
+            wandb.teardown()  # the service writes offline records asynchronously: flush them before returning
             self.wandb = None

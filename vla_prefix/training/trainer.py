@@ -100,6 +100,8 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, "
                           "or choose another out_dir (nothing is overwritten)")
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     load_task_modules(cfg.task_modules)
 
     # ---- data

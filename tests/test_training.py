@@ -1,0 +1,157 @@
+"""The trainer: every mode, resume bit-exactness after kill -9, NaN guard, W&B offline, Hydra typos."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from conftest import HELDOUT_TASK, train_config
+from vla_prefix.errors import ConfigError
+from vla_prefix.models import VLA
+from vla_prefix.prefix.io import load_prefix
+from vla_prefix.training.loggers import MetricsFile
+from vla_prefix.training.trainer import TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def adapt(mode, base, demos, **kw):
+    args = {"mode": mode, "base": str(base), "task": HELDOUT_TASK, "data.path": str(demos),
+            "optim.steps": 12, "optim.batch_size": 8, "checkpoint_every": 6}
+    args.update(kw)
+    return train_config(**args)
+
+
+SUMMARY_KEYS = {"mode", "trainable_params", "total_params", "trainable_pct", "steps", "final_loss", "wall_s"}
+
+
+@pytest.mark.parametrize("mode", ["prefix", "prompt", "lora", "full", "head", "scratch"])
+def test_every_mode_trains_and_writes_its_outputs(mode, tiny_base, tabletop_demos, tmp_path):
+    summary = train(adapt(mode, tiny_base, tabletop_demos), tmp_path)
+    assert SUMMARY_KEYS <= set(summary) and summary["mode"] == mode
+    assert json.loads((tmp_path / "train_summary.json").read_text())["final_loss"] == summary["final_loss"]
+    base = VLA.from_pretrained(tiny_base)
+    if mode in ("prefix", "prompt"):
+        prefix, meta = load_prefix(summary["outputs"]["prefixes"][HELDOUT_TASK], base)
+        assert "prefix_bytes" in summary and meta["steps"] == 12
+        if mode == "prompt":
+            assert set(prefix.kinds.values()) == {"tokens"}
+    else:
+        model = VLA.from_pretrained(summary["outputs"]["model"])
+        assert model.fingerprint() != base.fingerprint()
+        changed = {n for n, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[n])}
+        if mode == "head":
+            assert changed and all(n.startswith("head.") for n in changed)
+        if mode == "lora":  # merged adapters change only the trunk's attention projections
+            assert changed and all(n.startswith("trunk.") for n in changed)
+            assert (tmp_path / "lora_adapter" / "adapter_config.json").exists()
+    assert 0 < summary["trainable_pct"] <= 100
+
+
+def test_prefix_training_leaves_the_base_untouched(tiny_base, tabletop_demos, tmp_path):
+    before = VLA.from_pretrained(tiny_base).fingerprint()
+    train(adapt("prefix", tiny_base, tabletop_demos), tmp_path)
+    assert VLA.from_pretrained(tiny_base).refresh_fingerprint() == before
+
+
+def test_multi_task_prefix_mode_writes_one_file_per_task(tiny_base, tabletop_demos, tmp_path):
+    tasks = ["tabletop-push-blue-cube-v0", "tabletop-reach-red-cube-v0"]
+    summary = train(adapt("prefix", tiny_base, tabletop_demos, task="[" + ",".join(tasks) + "]"), tmp_path)
+    assert sorted(summary["outputs"]["prefixes"]) == sorted(tasks)
+    files = [Path(p).read_bytes() for p in summary["outputs"]["prefixes"].values()]
+    assert files[0] != files[1]
+
+
+def test_pretraining_refuses_held_out_tasks(tabletop_demos, tmp_path):
+    with pytest.raises(ConfigError, match="held-out"):
+        train(train_config(mode="pretrain", task=HELDOUT_TASK, **{"data.path": str(tabletop_demos)}), tmp_path)
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tiny_base, tabletop_demos, tmp_path):
+    cfg = adapt("prefix", tiny_base, tabletop_demos, checkpoint_every=3, debug_nan_at_step=5)
+    with pytest.raises(TrainingError, match="at step 5"):
+        train(cfg, tmp_path)
+    state = json.loads((tmp_path / "checkpoints" / "last" / "state.json").read_text())
+    assert state["step"] == 3
+
+
+def test_an_existing_run_is_never_overwritten(tiny_base, tabletop_demos, tmp_path):
+    train(adapt("head", tiny_base, tabletop_demos), tmp_path)
+    with pytest.raises(ConfigError, match="resume=true"):
+        train(adapt("head", tiny_base, tabletop_demos), tmp_path)
+
+
+def test_a_typo_in_an_override_fails_clearly():
+    with pytest.raises(ConfigCompositionException) as err:
+        train_config(**{"optim.lrr": 1})
+    assert "lrr" in str(err.value.__cause__ or err.value)
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tiny_base, tabletop_demos, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(adapt("head", tiny_base, tabletop_demos, logger="wandb"), tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))  # the offline run's record log
+    steps = len(MetricsFile(tmp_path / "metrics.jsonl").read())
+    assert records.count(b"samples_per_s") >= steps  # one history row per step
+    final = json.loads((tmp_path / "train_summary.json").read_text())["final_loss"]
+    assert b"final_loss" in records and repr(final).encode() in records
+
+
+def test_resume_after_kill_reproduces_the_loss_curve_bit_exactly(tiny_base, tabletop_demos, tmp_path):
+    """kill -9 between two checkpoints, with DataLoader workers, then resume=true."""
+    common = {"mode": "prefix", "base": str(tiny_base), "task": HELDOUT_TASK, "data.path": str(tabletop_demos),
+              "optim.steps": 60, "optim.batch_size": 8, "checkpoint_every": 20, "data.num_workers": 2}
+    reference = tmp_path / "reference"
+    train(train_config(**common), reference)
+
+    killed = tmp_path / "killed"
+    args = [f"{k}={v}" for k, v in {**common, "model": "tiny", "threads": 1, "progress": "false",
+                                     "out_dir": str(killed)}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "vla_prefix.train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    metrics = MetricsFile(killed / "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        rows = [r for r in _safe_rows(metrics) if r["step"] >= 24]
+        if rows:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt_step = json.loads((killed / "checkpoints" / "last" / "state.json").read_text())["step"]
+    last_logged = max(r["step"] for r in _safe_rows(metrics))
+    assert ckpt_step == 20 and last_logged >= 24  # the kill landed between two checkpoints
+
+    train(train_config(**common, resume="true"), killed)
+    ref = [(r["step"], r["loss"]) for r in MetricsFile(reference / "metrics.jsonl").read()]
+    got = [(r["step"], r["loss"]) for r in MetricsFile(killed / "metrics.jsonl").read()]
+    assert got == ref and len(ref) == 60
+    base = VLA.from_pretrained(tiny_base)
+    (a, meta_a), (b, meta_b) = (load_prefix(run / "prefixes" / f"{HELDOUT_TASK}.safetensors", base)
+                                for run in (reference, killed))
+    assert meta_a["sha256"] == meta_b["sha256"]  # the same tensors, bit for bit
+    assert all(torch.equal(a.values()[k], b.values()[k]) for k in a.values())
+
+
+def _safe_rows(metrics):
+    rows = []
+    if metrics.path.exists():
+        for line in metrics.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
