@@ -93,9 +93,14 @@ class VLA(nn.Module):
                               f"smaller than the tokenizer's ({vocab}); set model.trunk.config.vocab_size >= {vocab}")
         return cls(vision_module, trunk_module, head_module, tokenizer, config, recipe)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json, model.safetensors and tokenizer/ atomically into directory `path`."""
+    def save_pretrained(self, path: str | Path, provenance: dict | None = None) -> None:
+        """Write config.json, model.safetensors and tokenizer/ atomically into directory `path`.
+
+        `provenance` (how it was made: command, seed, data, steps) goes to training.json beside them.
+        """
         with atomic_directory(path) as tmp:
+            if provenance is not None:
+                (tmp / "training.json").write_text(json.dumps(provenance, indent=2, default=str))
             (tmp / CONFIG_NAME).write_text(json.dumps(self.recipe, indent=2))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"fingerprint": self.fingerprint()})

@@ -42,6 +42,7 @@ class DataConfig:
     path: str = MISSING  # a demo dataset written by `python -m vla_prefix.collect`
     n_demos: Optional[int] = None  # per task; null = all episodes in the dataset
     paraphrases: bool = True  # sample the instruction among the task's paraphrases
+    augment_shift: Optional[int] = None  # random-shift pixels; null = 4 when the vision encoder trains, else 0
     cache_features: Optional[bool] = None  # null = on wherever valid (frozen encoder, visual prefix at the trunk)
     num_workers: int = 2
 

@@ -24,8 +24,9 @@ class ChunkDataset(Dataset):
     """
 
     def __init__(self, episodes: list[dict], task_ids: list[str], instructions: dict[str, list[str]],
-                 tokenize, chunk: int):
+                 tokenize, chunk: int, augment_shift: int = 0):
         self.task_ids = list(task_ids)
+        self.augment_shift = augment_shift
         self.episodes = episodes
         self.chunk = chunk
         self.index = np.array([(e, t) for e, ep in enumerate(episodes) for t in range(len(ep["actions"]))], dtype=np.int64)
@@ -56,7 +57,8 @@ class ChunkDataset(Dataset):
         valid = steps < n
         actions = ep["actions"][np.minimum(steps, n - 1)]
         variants = self.variants[task]
-        k = int(np.random.default_rng(sample_seed).integers(len(variants["instruction_ids"])))
+        rng = np.random.default_rng(sample_seed)
+        k = int(rng.integers(len(variants["instruction_ids"])))
         out = {
             "proprio": torch.from_numpy(np.asarray(ep["proprio"][t], dtype=np.float32)),
             "actions": torch.from_numpy(np.asarray(actions, dtype=np.float32)),
@@ -68,8 +70,24 @@ class ChunkDataset(Dataset):
         if self.features is not None:
             out["visual_features"] = self.features[self.frame_offset[e] + t]
         else:
-            out["image"] = torch.from_numpy(np.ascontiguousarray(ep["images"][t]))
+            out["image"] = torch.from_numpy(random_shift(ep["images"][t], self.augment_shift, rng))
         return out
+
+
+def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """DrQ-style augmentation: edge-pad by `pad` pixels, crop back at a random offset (per camera).
+
+    images: uint8 (n_cam, H, W, 3). pad=0 returns the images unchanged.
+    """
+    if pad == 0:
+        return np.ascontiguousarray(images)
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    out = np.empty_like(images)
+    for c in range(n):
+        dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+        out[c] = padded[c, dy : dy + h, dx : dx + w]
+    return out
 
 
 class StepBatchSampler(Sampler):

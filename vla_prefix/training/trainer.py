@@ -6,7 +6,7 @@ Sections: setup -> data -> backbone and learner -> optimiser -> resume -> loop -
 from __future__ import annotations
 
 import math
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -54,9 +54,17 @@ def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
     return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def vision_trains(cfg: TrainConfig) -> bool:
+    return cfg.mode in FRESH_MODES + ("full",)
+
+
+def augment_pixels(cfg: TrainConfig) -> int:
+    return cfg.data.augment_shift if cfg.data.augment_shift is not None else (4 if vision_trains(cfg) else 0)
+
+
 def feature_cache_valid(cfg: TrainConfig) -> bool:
-    """Frozen vision encoder and no encoder-site prompts: its outputs can be computed once."""
-    if cfg.mode in FRESH_MODES + ("full",):
+    """Frozen vision encoder, no augmentation and no encoder-site prompts: its outputs can be computed once."""
+    if vision_trains(cfg) or augment_pixels(cfg) > 0:
         return False
     return not (cfg.mode == "prefix" and cfg.prefix.visual.site == "encoder" and cfg.prefix.visual.length > 0)
 
@@ -126,11 +134,11 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     learner = make_learner(cfg.mode, backbone, task_ids, {t.id: t.instruction for t in tasks},
                            cfg.prefix, cfg.lora, cfg.seed).to(cfg.device)
 
-    dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk)
+    dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk, augment_pixels(cfg))
     use_cache = feature_cache_valid(cfg) if cfg.data.cache_features is None else cfg.data.cache_features
     if use_cache and not feature_cache_valid(cfg):
-        raise ConfigError(f"data.cache_features=true is invalid for mode={cfg.mode} (the vision encoder trains or "
-                          "takes encoder-site prompts); set data.cache_features=null")
+        raise ConfigError(f"data.cache_features=true is invalid for mode={cfg.mode} (the vision encoder trains, "
+                          "images are augmented, or it takes encoder-site prompts); set data.cache_features=null")
     if use_cache:
         dataset.set_feature_cache(cache_visual_features(backbone, dataset, cfg.device))
 
@@ -193,7 +201,11 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     # ---- outputs
     learner.eval()
     counts = count_summary(cfg.mode, learner, backbone_params)
-    outputs = save_outputs(cfg, learner, run_dir, tasks)
+    provenance = {"command": " ".join(["python -m vla_prefix.train", *sys.argv[1:]]), "seed": cfg.seed,
+                  "mode": cfg.mode, "tasks": task_ids, "data": cfg.data.path, "n_demos": cfg.data.n_demos,
+                  "steps": cfg.optim.steps, "final_loss": loss_value,
+                  "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)}
+    outputs = save_outputs(cfg, learner, run_dir, tasks, provenance)
     summary = {
         "mode": cfg.mode,
         **counts,
@@ -205,6 +217,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         "lr": base_lr,
         "batch_size": cfg.optim.batch_size,
         "feature_cache": bool(use_cache),
+        "augment_shift": augment_pixels(cfg),
         "base_fingerprint": base_fingerprint,
         "outputs": outputs,
     }
@@ -214,7 +227,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     return summary
 
 
-def save_outputs(cfg: TrainConfig, learner, run_dir: Path, tasks) -> dict:
+def save_outputs(cfg: TrainConfig, learner, run_dir: Path, tasks, provenance: dict) -> dict:
     """pretrain -> base/; prefix/prompt -> prefixes/<task>.safetensors; others -> model/ (+ lora_adapter/)."""
     backbone = learner.backbone
     if cfg.mode in PREFIX_MODES:
@@ -236,6 +249,6 @@ def save_outputs(cfg: TrainConfig, learner, run_dir: Path, tasks) -> dict:
         p.requires_grad_(False)
     name = "base" if cfg.mode == "pretrain" else "model"
     backbone.refresh_fingerprint()
-    backbone.save_pretrained(run_dir / name)
+    backbone.save_pretrained(run_dir / name, provenance)
     out[name] = str(run_dir / name)
     return out
