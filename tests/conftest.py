@@ -26,18 +26,10 @@ def tabletop_demos(tmp_path_factory):
 
 def train_config(**overrides):
     """A TrainConfig for the tiny model, composed with real Hydra from conf/."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from vla_prefix.training.config import compose_train_config
 
-    from vla_prefix.training.config import register_configs
-
-    register_configs()
-    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
-    args = [f"{k}={v}" for k, v in {"model": "tiny", "progress": "false", "threads": 1,
-                                     "data.num_workers": 0, **overrides}.items()]
-    with initialize_config_dir(config_dir=os.path.abspath(conf), version_base=None):
-        cfg = compose(config_name="train", overrides=args)
-    return OmegaConf.to_object(cfg)
+    return compose_train_config({"model": "tiny", "progress": "false", "threads": 1, "data.num_workers": 0,
+                                 **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ A typo in an override (`optim.lrr=1`) fails with Hydra's "Key 'lrr' is not in st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -89,6 +90,21 @@ class TrainConfig:
     task_modules: List[str] = field(default_factory=list)  # user modules that register extra tasks
     progress: bool = True
     debug_nan_at_step: Optional[int] = None  # fault injection for tests: make the loss NaN at this step
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_train_config(overrides: list[str] | dict) -> TrainConfig:
+    """The TrainConfig that `python -m vla_prefix.train <overrides>` would run (real Hydra composition)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_configs()
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" for k, v in overrides.items()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
 
 
 def register_configs() -> None:
