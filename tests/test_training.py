@@ -155,3 +155,13 @@ def _safe_rows(metrics):
             except ValueError:
                 pass
     return rows
+
+
+def test_validation_selects_the_checkpoint_on_val_seeds(tiny_base, tabletop_demos, tmp_path):
+    cfg = adapt("prefix", tiny_base, tabletop_demos, **{"val.every": 6, "val.n_episodes": 2, "val.num_envs": 1})
+    summary = train(cfg, tmp_path)
+    rows = MetricsFile(tmp_path / "val.jsonl").read()
+    assert [r["step"] for r in rows] == [6, 12]
+    best = max(rows, key=lambda r: r["val_success"])  # the first of equal scores wins
+    assert summary["val_best"] == {"score": best["val_success"], "step": best["step"]}
+    assert (tmp_path / "checkpoints" / "best.safetensors").exists()

@@ -1,4 +1,4 @@
-"""Where metrics go: always `metrics.jsonl` in the run directory, optionally W&B as well.
+"""Where metrics go: always `metrics.jsonl` (and `val.jsonl`) in the run directory, optionally W&B as well.
 
 W&B runs offline (files under <run>/wandb) when no API key is configured, so it works with no network.
 """
@@ -52,7 +52,8 @@ class RunLogger:
     def __init__(self, kind: str, run_dir: Path, config: dict, wandb_settings=None, resume: bool = False):
         if kind not in LOGGERS:
             raise ConfigError(f"logger must be one of {LOGGERS}, got {kind!r}")
-        self.metrics = MetricsFile(run_dir / "metrics.jsonl")
+        self.metrics = MetricsFile(run_dir / "metrics.jsonl")  # loss curve, one row per step
+        self.val = MetricsFile(run_dir / "val.jsonl")  # validation rollouts, one row per validation
         self.wandb = None
         if kind == "wandb":
             import wandb

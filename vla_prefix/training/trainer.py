@@ -5,6 +5,7 @@ Sections: setup -> data -> backbone and learner -> optimiser -> resume -> loop -
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -20,12 +22,13 @@ from ..errors import ConfigError, VLAPrefixError
 from ..models import VLA, build_backbone
 from ..prefix.io import save_prefix
 from ..sim.registry import load_task_modules, resolve_tasks
-from ..utils.atomic import atomic_write_json
+from ..utils.atomic import atomic_write_bytes, atomic_write_json
 from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
 from .loggers import RunLogger
 from .modes import FRESH_MODES, PREFIX_MODES, make_learner, merge_lora
+from .validation import restore_state, trainable_state, validate
 
 
 class TrainingError(VLAPrefixError):
@@ -154,6 +157,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     if cfg.resume and checkpoint_dir(run_dir).exists():
         start = load_checkpoint(run_dir, learner, optimizer)
     logger.metrics.truncate(start)
+    logger.val.truncate(start + 1)
 
     sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, cfg.seed, cfg.optim.steps, start)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
@@ -162,6 +166,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
                               enabled=cfg.precision == "bf16")
 
     # ---- loop
+    best = load_best(run_dir) if start > 0 else {"score": None, "step": None}
     learner.train()
     loss_value = float("nan")
     bar = tqdm(total=cfg.optim.steps, initial=start, disable=not cfg.progress, desc=f"train[{cfg.mode}]")
@@ -191,14 +196,18 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         tick = now
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
+        if cfg.val.every and ((step + 1) % cfg.val.every == 0 or step + 1 == cfg.optim.steps):
+            best = select_by_validation(learner, task_ids, cfg, episodes_cameras(cfg), step + 1, best, run_dir, logger)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps:
-            save_checkpoint(run_dir, learner, optimizer, step + 1)
+            save_checkpoint(run_dir, learner, optimizer, step + 1, {"best": best})
     bar.close()
     if start >= cfg.optim.steps:  # resumed a finished run: report its last logged loss
         rows = logger.metrics.read()
         loss_value = rows[-1]["loss"] if rows else loss_value
 
     # ---- outputs
+    if best["score"] is not None:  # the checkpoint chosen on the val seeds
+        restore_state(learner, load_file(str(run_dir / BEST_FILE)))
     learner.eval()
     counts = count_summary(cfg.mode, learner, backbone_params)
     provenance = {"command": " ".join(["python -m vla_prefix.train", *sys.argv[1:]]), "seed": cfg.seed,
@@ -219,12 +228,41 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         "feature_cache": bool(use_cache),
         "augment_shift": augment_pixels(cfg),
         "base_fingerprint": base_fingerprint,
+        "val_best": best,
         "outputs": outputs,
     }
     atomic_write_json(run_dir / "train_summary.json", summary)
     logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     logger.finish()
     return summary
+
+
+BEST_FILE = "checkpoints/best.safetensors"
+
+
+def episodes_cameras(cfg: TrainConfig):
+    from ..data.dataset import DemoDataset
+
+    return DemoDataset(cfg.data.path).cameras
+
+
+def select_by_validation(learner, task_ids, cfg, cameras, step, best, run_dir, logger) -> dict:
+    """Validate now; if this is the best mean val success so far, keep the trainable state on disk."""
+    rates = validate(learner, task_ids, cfg, cameras)
+    score = sum(rates.values()) / len(rates)
+    logger.log({"val/success": score, **{f"val/{t}": r for t, r in rates.items()}}, step, to_file=False)
+    logger.val.write({"step": step, "val_success": score, **rates})
+    if best["score"] is None or score > best["score"]:
+        path = run_dir / BEST_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save(trainable_state(learner)))
+        best = {"score": score, "step": step}
+    return best
+
+
+def load_best(run_dir: Path) -> dict:
+    state = checkpoint_dir(run_dir) / "state.json"
+    return json.loads(state.read_text()).get("best", {"score": None, "step": None})
 
 
 def save_outputs(cfg: TrainConfig, learner, run_dir: Path, tasks, provenance: dict) -> dict:

@@ -1,0 +1,42 @@
+"""Choosing by validation: rollouts on the `val` seed range, never on `eval`.
+
+`validate(learner, tasks, cfg)` returns the mean success over the trained tasks; the trainer keeps
+the trainable state of the best validation score and restores it before writing its outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..evaluation.rollout import rollout
+from ..policy import VLAPolicy
+
+
+@torch.no_grad()
+def validate(learner, task_ids: list[str], cfg, cameras) -> dict[str, float]:
+    """Success rate per task on `cfg.val.n_episodes` val-range episodes (each task with its own prefix)."""
+    backbone = learner.backbone
+    was_training = learner.training
+    learner.eval()
+    rates = {}
+    for task in task_ids:
+        prefix = learner.prefixes[task].cached() if task in learner.prefixes else None
+        policy = VLAPolicy(backbone, prefix, device=cfg.device)
+        result = rollout(policy, [task], cfg.val.n_episodes, n_action_steps=cfg.val.n_action_steps,
+                         num_envs=cfg.val.num_envs, image_size=backbone.vision.img_size, cameras=cameras,
+                         seed_range="val", vector="sync", task_modules=cfg.task_modules)
+        episodes = result.episodes[task]
+        rates[task] = sum(e.success for e in episodes) / len(episodes)
+    learner.train(was_training)
+    return rates
+
+
+def trainable_state(learner) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in learner.named_parameters() if p.requires_grad}
+
+
+def restore_state(learner, state: dict[str, torch.Tensor]) -> None:
+    named = dict(learner.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            named[name].copy_(value)
