@@ -165,3 +165,4 @@ def test_validation_selects_the_checkpoint_on_val_seeds(tiny_base, tabletop_demo
     best = max(rows, key=lambda r: r["val_success"])  # the first of equal scores wins
     assert summary["val_best"] == {"score": best["val_success"], "step": best["step"]}
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
+    assert list((tmp_path / "val_videos" / "step6").rglob("*.mp4"))  # rollout videos of each validation

@@ -56,6 +56,7 @@ class ValConfig:
     n_episodes: int = 10
     n_action_steps: int = 2
     num_envs: int = 2
+    video_episodes: int = 1  # rollout videos kept (and logged to W&B) per task and validation
 
 
 @dataclass

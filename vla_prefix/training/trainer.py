@@ -248,9 +248,11 @@ def episodes_cameras(cfg: TrainConfig):
 
 def select_by_validation(learner, task_ids, cfg, cameras, step, best, run_dir, logger) -> dict:
     """Validate now; if this is the best mean val success so far, keep the trainable state on disk."""
-    rates = validate(learner, task_ids, cfg, cameras)
+    rates, videos = validate(learner, task_ids, cfg, cameras, video_dir=run_dir / "val_videos" / f"step{step}")
     score = sum(rates.values()) / len(rates)
     logger.log({"val/success": score, **{f"val/{t}": r for t, r in rates.items()}}, step, to_file=False)
+    for i, video in enumerate(videos):
+        logger.log_video(f"val/video{i}", str(video), step)
     logger.val.write({"step": step, "val_success": score, **rates})
     if best["score"] is None or score > best["score"]:
         path = run_dir / BEST_FILE
