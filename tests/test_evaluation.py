@@ -292,7 +292,9 @@ def test_evaluate_bad_inputs(saved, tmp_path):
         evaluate(settings(saved, tmp_path, image_size=64))
     with pytest.raises(ConfigError, match="seed_range='train'"):
         evaluate(settings(saved, tmp_path, seed_range="train"))
-    with pytest.raises(ConfigError, match="policy='remote' is not available"):
+    with pytest.raises(ConfigError, match="policy='grpc' is not available"):
+        evaluate(settings(saved, tmp_path, policy="grpc"))
+    with pytest.raises(ConfigError, match="`server_url` is required"):  # remote: tests/test_server.py
         evaluate(settings(saved, tmp_path, policy="remote"))
 
 

@@ -6,6 +6,8 @@ r"""Evaluate a policy by rollouts: success rate with Wilson 95% CIs, per-episode
         n_episodes=20 num_envs=4 n_action_steps=2 out=eval/zero-shot          # the zero-shot base
     python -m vla_prefix.evaluate backbone=runs/lora-reach-red suite=tabletop task=[a-v0,b-v0] out=eval/lora
     python -m vla_prefix.evaluate ... seed_range=val     # choose checkpoints/hparams on val seeds, report on eval
+    python -m vla_prefix.evaluate policy=remote server_url=http://127.0.0.1:8000 suite=tabletop task=heldout \
+        out=eval/served       # through a policy server (`python -m vla_prefix.serve`): each task's bank prefix
 
 Writes `<out>/eval_info.json` (per task: success_rate, ci95, n_episodes, episodes [{seed, success,
 steps, return}], instruction; `overall`; `settings`, including every setting that changes results,
@@ -34,8 +36,9 @@ from .errors import ConfigError, cli_errors, closest
 
 log = logging.getLogger(__name__)
 
-USAGE = "python -m vla_prefix.evaluate backbone=<dir> [prefix=<file>] suite=<suite> task=<id|split> out=<dir>"
-POLICIES = ("local",)  # planned: "remote" (a policy server)
+USAGE = ("python -m vla_prefix.evaluate backbone=<dir> [prefix=<file>] suite=<suite> task=<id|split> out=<dir>  "
+         "(or policy=remote server_url=<url> instead of backbone/prefix)")
+POLICIES = ("local", "remote")
 
 
 @dataclass
@@ -64,9 +67,11 @@ class EvalConfig:
     )
 
     # ---- the policy
-    policy: str = "local"  # local: backbone (+ prefix) in this process
-    backbone: str = MISSING  # a directory written by VLA.save_pretrained (base model or a fine-tuned baseline)
+    policy: str = "local"  # local: backbone (+ prefix) in this process | remote: a policy server, per task
+    backbone: Optional[str] = None  # policy=local: a directory written by VLA.save_pretrained (base or baseline)
     prefix: Optional[str] = None  # a prefix file; null = the backbone alone (zero-shot base, or a baseline)
+    server_url: Optional[str] = None  # policy=remote: `python -m vla_prefix.serve`'s URL; it serves each task's prefix
+    server_token: Optional[str] = None  # policy=remote: bearer token; null = $VLA_PREFIX_TOKEN if set
     device: str = "cpu"  # cpu | cuda | cuda:<i>
     # ---- the tasks
     suite: str = "tabletop"  # tabletop | metaworld | a suite registered by `task_modules`
@@ -109,15 +114,18 @@ def _as_config(cfg: EvalConfig | DictConfig | dict) -> EvalConfig:
                               + (f"; did you mean {hint[0]}?" if hint else ""))
         cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg)
     if isinstance(cfg, DictConfig):
-        for key in ("backbone", "task", "out"):
+        for key in ("task", "out"):
             if OmegaConf.is_missing(cfg, key):
                 raise ConfigError(f"`{key}` is required: {USAGE}")
         cfg = EvalConfig(**{k: OmegaConf.to_object(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in _FIELDS})
-    for key in ("backbone", "task", "out"):
-        if getattr(cfg, key) in (MISSING, None, ""):
-            raise ConfigError(f"`{key}` is required: {USAGE}")
     if cfg.policy not in POLICIES:
         raise ConfigError(f"policy={cfg.policy!r} is not available; use one of {POLICIES}")
+    for key in ("backbone", "task", "out") if cfg.policy == "local" else ("server_url", "task", "out"):
+        if getattr(cfg, key) in (MISSING, None, ""):
+            raise ConfigError(f"`{key}` is required: {USAGE}")
+    if cfg.policy == "remote" and (cfg.backbone is not None or cfg.prefix is not None):
+        raise ConfigError("policy=remote: the server holds the backbone and every task's prefix; drop "
+                          "backbone=/prefix= (or evaluate with policy=local)")
     if cfg.n_episodes < 1:
         raise ConfigError(f"n_episodes={cfg.n_episodes}: evaluate at least 1 episode per task")
     if cfg.n_action_steps is not None and cfg.n_action_steps < 1:
@@ -176,6 +184,39 @@ def load_local_policy(backbone: str, prefix: str | None, device: str = "cpu"):
     return VLAPolicy(vla, prefix_set, device=device), description
 
 
+def load_remote_policy(server_url: str, token: str | None, tasks: list):
+    """-> (PolicyClient, description) for a running policy server that serves every one of `tasks`."""
+    from .deploy.client import PolicyClient
+
+    client = PolicyClient(server_url, token)
+    spec = client.tasks()  # unreachable server or wrong token -> a clear error, before any env starts
+    served = {t["task"]: t for t in spec["tasks"]}
+    missing = [t.id for t in tasks if t.id not in served]
+    if missing:
+        raise ConfigError(f"the policy server at {server_url} has no prefix for {missing} "
+                          f"(it serves {sorted(served) or 'no tasks'}); add their prefix files to its bank")
+    for t in tasks:
+        if served[t.id]["instruction"] not in ("", t.instruction):
+            log.warning("task %s: the prefix file's instruction %r differs from the task's %r; the rollout sends "
+                        "the task's", t.id, served[t.id]["instruction"], t.instruction)
+    image = spec["observation"]["image"]["shape"]  # (n_cam, S, S, 3)
+    description = {
+        "kind": "remote",
+        "class": "PolicyClient",
+        "server_url": server_url,
+        "backbone_fingerprint": spec["backbone_fingerprint"],
+        "chunk": spec["actions"]["chunk"],
+        "max_batch_rows": spec["max_batch_rows"],
+        "n_cameras": image[0],
+        "vision_img_size": image[1],
+        "prefix": None,
+        "prefix_task": None,
+        "prefix_sha256": {t.id: served[t.id]["sha256"] for t in tasks},
+        "prefix_config": {t.id: served[t.id]["prefix_config"] for t in tasks},
+    }
+    return client, description
+
+
 # ---------------------------------------------------------------------------- evaluation
 
 
@@ -191,7 +232,13 @@ def evaluate(cfg: EvalConfig | DictConfig | dict) -> dict:
     tasks = registry.resolve_tasks(cfg.suite, _task_names(cfg.task))  # unknown task -> a clear error, early
     if cfg.seed_range not in ("eval", "val"):
         raise ConfigError(f"seed_range={cfg.seed_range!r}: use eval (reported results) or val (choosing checkpoints)")
-    policy, description = load_local_policy(cfg.backbone, cfg.prefix, cfg.device)
+    if cfg.policy == "remote":
+        policy, description = load_remote_policy(cfg.server_url, cfg.server_token, tasks)
+        if cfg.num_envs > description["max_batch_rows"]:
+            raise ConfigError(f"num_envs={cfg.num_envs} exceeds the server's max_batch_rows="
+                              f"{description['max_batch_rows']}; lower num_envs or raise the server's max_batch_rows")
+    else:
+        policy, description = load_local_policy(cfg.backbone, cfg.prefix, cfg.device)
     image_size = cfg.image_size if cfg.image_size is not None else description["vision_img_size"]
     if image_size != description["vision_img_size"]:
         raise ConfigError(f"image_size={image_size} but the backbone's vision encoder takes "

@@ -5,7 +5,9 @@
 
 The policy is anything with `act_batch(obs, instructions) -> (N, H, action_dim)`, where obs is
 `{"image": uint8 (N, n_cam, S, S, 3), "proprio": float32 (N, 4)}` and instructions N strings (rows
-may come from different tasks). Each predicted chunk executes its first `n_action_steps` actions;
+may come from different tasks). A policy that picks a prefix per task (`BankPolicy`, `PolicyClient`)
+sets `task_conditioned = True`; it is then called `act_batch(obs, task_ids, instructions=instructions)`.
+Each predicted chunk executes its first `n_action_steps` actions;
 a new chunk is asked for only when a row's queue is empty, one `act_batch` over all such rows.
 
 Every task runs the same seeds, the first `n_episodes` of the `eval` range (or `val`, for choosing
@@ -40,7 +42,10 @@ VECTOR_MODES = ("async", "sync")
 
 class Policy(Protocol):
     def act_batch(self, obs: dict, instructions: list[str]) -> np.ndarray:
-        """obs with N rows, N instructions -> action chunks (N, H, action_dim)."""
+        """obs with N rows, N instructions -> action chunks (N, H, action_dim).
+
+        With `task_conditioned = True` on the policy: `act_batch(obs, task_ids, instructions=instructions)`.
+        """
 
 
 @dataclass
@@ -195,6 +200,7 @@ def rollout(
         venv = SyncVectorEnv(make_slot, autoreset_mode=AutoresetMode.DISABLED)
 
     instructions = {t.id: t.instruction for t in tasks}
+    by_task = bool(getattr(policy, "task_conditioned", False))
     episodes: dict[str, list[Episode | None]] = {t.id: [None] * n_episodes for t in tasks}
     running: list[_Job | None] = [None] * n_slots
     queues = [deque() for _ in range(n_slots)]
@@ -223,7 +229,12 @@ def rollout(
             need = [i for i, job in enumerate(running) if job is not None and not queues[i]]
             if need:
                 rows = {key: value[need] for key, value in obs.items()}
-                chunk = np.asarray(policy.act_batch(rows, [instructions[running[i].task] for i in need]))
+                row_tasks = [running[i].task for i in need]
+                if by_task:
+                    chunk = policy.act_batch(rows, row_tasks, instructions=[instructions[t] for t in row_tasks])
+                else:
+                    chunk = policy.act_batch(rows, [instructions[t] for t in row_tasks])
+                chunk = np.asarray(chunk)
                 calls += 1
                 if chunk.ndim != 3 or chunk.shape[0] != len(need) or chunk.shape[2] != action_space.shape[0]:
                     raise ConfigError(f"the policy returned actions of shape {chunk.shape}; expected "
