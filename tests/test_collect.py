@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tiny_task
 
-from vla_prefix.collect import _check_overrides, collect
+from vla_prefix.collect import CollectConfig, collect
+from vla_prefix.utils.hydra_app import check_overrides
 from vla_prefix.data import DemoDataset
 from vla_prefix.data.dataset import INDEX, SUMMARY
 from vla_prefix.errors import ConfigError, GLBackendError, UnknownTaskError, VLAPrefixError
@@ -109,8 +110,8 @@ def test_bad_inputs_fail_with_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UnknownTaskError, match="did you mean tiny-reach-red-v0"):
         collect(settings(out, task="tiny-reach-rd-v0"))
     with pytest.raises(ConfigError, match="did you mean n_demos"):
-        _check_overrides(["suite=tiny", "n_demo=3"])
-    _check_overrides(["suite=tiny", "n_demos=3", "hydra.run.dir=.", "cameras=[top]", "--multirun"])
+        check_overrides(["suite=tiny", "n_demo=3"], CollectConfig)
+    check_overrides(["suite=tiny", "n_demos=3", "hydra.run.dir=.", "cameras=[top]", "--multirun"], CollectConfig)
     with pytest.raises(ConfigError, match="did you mean image_size"):
         collect({**settings(out), "imagesize": 32})
     with pytest.raises(ConfigError, match="`out` is required"):

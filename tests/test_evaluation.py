@@ -22,7 +22,8 @@ import torch
 
 from backbones import backbone
 from vla_prefix.errors import ConfigError, FingerprintMismatchError, UnknownTaskError
-from vla_prefix.evaluate import _check_overrides, evaluate
+from vla_prefix.evaluate import EvalConfig, evaluate
+from vla_prefix.utils.hydra_app import check_overrides
 from vla_prefix.evaluation import eval_info, format_table, rollout, stratified_bootstrap, wilson_interval
 from vla_prefix.evaluation.stats import Z95
 from vla_prefix.policy import VLAPolicy
@@ -285,7 +286,7 @@ def test_evaluate_bad_inputs(saved, tmp_path):
     with pytest.raises(ConfigError, match="did you mean n_episodes"):
         evaluate({**settings(saved, tmp_path), "n_episode": 3})
     with pytest.raises(ConfigError, match="did you mean n_action_steps"):
-        _check_overrides(["n_action_step=2"])
+        check_overrides(["n_action_step=2"], EvalConfig)
     with pytest.raises(ConfigError, match="exceeds the backbone's chunk length H=4"):
         evaluate(settings(saved, tmp_path, n_action_steps=5))
     with pytest.raises(ConfigError, match="vision encoder takes 32px"):

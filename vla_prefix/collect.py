@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,13 +35,13 @@ import hydra
 import multiprocessing as mp
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig
 from tqdm.auto import tqdm
 
 from . import __version__
 from .data.dataset import SUMMARY, DatasetWriter, write_episode
-from .errors import ConfigError, GLBackendError, VLAPrefixError, cli_errors, closest
+from .utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra, setting_names, to_dataclass
+from .errors import ConfigError, GLBackendError, VLAPrefixError, cli_errors
 from .seeds import seeds
 from .sim import registry
 from .utils.atomic import atomic_write_json
@@ -54,27 +54,8 @@ class CollectConfig:
     """Settings of `python -m vla_prefix.collect` (every field is a command-line override)."""
 
     # Hydra: write nothing, keep the working directory, log to stdout.
-    defaults: list[Any] = field(
-        default_factory=lambda: [
-            "_self_",
-            {"override hydra/job_logging": "stdout"},
-            {"override hydra/hydra_logging": "none"},
-        ]
-    )
-    hydra: Any = field(
-        default_factory=lambda: {
-            "run": {"dir": "."},
-            "sweep": {"dir": ".", "subdir": "."},
-            "output_subdir": None,
-            "job": {"chdir": False},
-            "help": {
-                "app_name": "vla_prefix.collect",
-                "header": __doc__.strip(),
-                "template": "${hydra.help.header}\n\n== Settings (override any with key=value) ==\n\n"
-                "$CONFIG\n${hydra.help.footer}",
-            },
-        }
-    )
+    defaults: list[Any] = quiet_defaults()
+    hydra: Any = quiet_hydra("vla_prefix.collect", __doc__)
 
     suite: str = "tabletop"  # tabletop | metaworld | a suite registered by `task_modules`
     task: Any = MISSING  # a task id, a split name, or a list of them: task=[a,b] (or task="'a,b'")
@@ -90,7 +71,7 @@ class CollectConfig:
 
 
 ConfigStore.instance().store(name="collect", node=CollectConfig)
-_FIELDS = [f.name for f in fields(CollectConfig) if f.name not in ("defaults", "hydra")]
+_FIELDS = setting_names(CollectConfig)
 
 
 # ---------------------------------------------------------------------------- config
@@ -98,22 +79,8 @@ _FIELDS = [f.name for f in fields(CollectConfig) if f.name not in ("defaults", "
 
 def _as_config(cfg: CollectConfig | DictConfig | dict) -> CollectConfig:
     """A validated CollectConfig from a dataclass, a Hydra DictConfig or a plain dict."""
-    try:
-        if isinstance(cfg, dict):
-            unknown = [k for k in cfg if k not in _FIELDS]
-            if unknown:
-                hint = closest(unknown[0], _FIELDS)
-                hint = f"; did you mean {hint[0]}?" if hint else ""
-                raise ConfigError(f"unknown collect setting {unknown[0]!r}{hint}")
-            cfg = OmegaConf.merge(OmegaConf.structured(CollectConfig), cfg)  # checks the types
-        elif isinstance(cfg, CollectConfig):
-            cfg = OmegaConf.structured(cfg)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad collect setting: {str(err).splitlines()[0]}") from None
-    for key in ("task", "out"):
-        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
-            raise ConfigError(f"`{key}` is required: python -m vla_prefix.collect suite=... task=... out=...")
-    cfg = CollectConfig(**{k: OmegaConf.to_object(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in _FIELDS})
+    cfg = to_dataclass(cfg, CollectConfig, "collect", ("task", "out"),
+                       "python -m vla_prefix.collect suite=... task=... out=...")
     if cfg.n_demos < 1:
         raise ConfigError(f"n_demos={cfg.n_demos}: ask for at least 1 demo per task")
     if cfg.image_size < 8:
@@ -457,19 +424,6 @@ def _summary(writer: DatasetWriter, cfg: CollectConfig, spec: dict, seconds: flo
 # ---------------------------------------------------------------------------- command line
 
 
-def _check_overrides(argv: list[str]) -> None:
-    """Name the closest setting for a mistyped override (Hydra alone would not suggest one)."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key = arg.split("=", 1)[0].lstrip("~")
-        if key.startswith(("+", "hydra")) or key.split(".")[0] in _FIELDS:
-            continue
-        hint = closest(key, _FIELDS)
-        hint = f"; did you mean {hint[0]}?" if hint else ""
-        raise ConfigError(f"unknown setting {key!r}{hint} (settings: {', '.join(_FIELDS)})")
-
-
 @hydra.main(version_base=None, config_name="collect")
 @cli_errors
 def _hydra_main(cfg: DictConfig) -> None:
@@ -484,7 +438,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 @cli_errors
 def main() -> None:
-    _check_overrides(sys.argv[1:])
+    check_overrides(sys.argv[1:], CollectConfig)
     try:
         _hydra_main()
     except KeyboardInterrupt:

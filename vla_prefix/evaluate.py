@@ -21,15 +21,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from .errors import ConfigError, cli_errors, closest
+from .utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra, to_dataclass
+from .errors import ConfigError, cli_errors
 
 # Heavy imports (torch, the model) happen inside functions: async env workers are spawned processes
 # that re-import this module as their __main__, and they need none of it.
@@ -46,25 +47,8 @@ class EvalConfig:
     """Settings of `python -m vla_prefix.evaluate` (every field is a command-line override)."""
 
     # Hydra: write nothing, keep the working directory, log to stdout.
-    defaults: list[Any] = field(
-        default_factory=lambda: [
-            "_self_", {"override hydra/job_logging": "stdout"}, {"override hydra/hydra_logging": "none"}
-        ]
-    )
-    hydra: Any = field(
-        default_factory=lambda: {
-            "run": {"dir": "."},
-            "sweep": {"dir": ".", "subdir": "."},
-            "output_subdir": None,
-            "job": {"chdir": False},
-            "help": {
-                "app_name": "vla_prefix.evaluate",
-                "header": __doc__.strip(),
-                "template": "${hydra.help.header}\n\n== Settings (override any with key=value) ==\n\n"
-                            "$CONFIG\n${hydra.help.footer}",
-            },
-        }
-    )
+    defaults: list[Any] = quiet_defaults()
+    hydra: Any = quiet_hydra("vla_prefix.evaluate", __doc__)
 
     # ---- the policy
     policy: str = "local"  # local: backbone (+ prefix) in this process | remote: a policy server, per task
@@ -101,23 +85,11 @@ class EvalConfig:
 
 
 ConfigStore.instance().store(name="evaluate", node=EvalConfig)
-_FIELDS = [f.name for f in fields(EvalConfig) if f.name not in ("defaults", "hydra")]
 
 
 def _as_config(cfg: EvalConfig | DictConfig | dict) -> EvalConfig:
     """A validated EvalConfig from a dataclass, a Hydra DictConfig or a plain dict."""
-    if isinstance(cfg, dict):
-        unknown = [k for k in cfg if k not in _FIELDS]
-        if unknown:
-            hint = closest(unknown[0], _FIELDS)
-            raise ConfigError(f"unknown evaluate setting {unknown[0]!r}"
-                              + (f"; did you mean {hint[0]}?" if hint else ""))
-        cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg)
-    if isinstance(cfg, DictConfig):
-        for key in ("task", "out"):
-            if OmegaConf.is_missing(cfg, key):
-                raise ConfigError(f"`{key}` is required: {USAGE}")
-        cfg = EvalConfig(**{k: OmegaConf.to_object(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in _FIELDS})
+    cfg = to_dataclass(cfg, EvalConfig, "evaluate", ("task", "out"), USAGE)
     if cfg.policy not in POLICIES:
         raise ConfigError(f"policy={cfg.policy!r} is not available; use one of {POLICIES}")
     for key in ("backbone", "task", "out") if cfg.policy == "local" else ("server_url", "task", "out"):
@@ -312,21 +284,6 @@ def _versions() -> dict:
 # ---------------------------------------------------------------------------- command line
 
 
-def _check_overrides(argv: list[str]) -> None:
-    """Name the closest setting for a mistyped override (Hydra alone would not suggest one)."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key = arg.split("=", 1)[0].lstrip("~")
-        if key.startswith(("+", "hydra")) or key.split(".")[0] in _FIELDS:
-            continue
-        hint = closest(key, _FIELDS)
-        raise ConfigError(
-            f"unknown setting {key!r}" + (f"; did you mean {hint[0]}?" if hint else "")
-            + f" (settings: {', '.join(_FIELDS)})"
-        )
-
-
 @hydra.main(version_base=None, config_name="evaluate")
 @cli_errors
 def _hydra_main(cfg: DictConfig) -> None:
@@ -340,7 +297,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 @cli_errors
 def main() -> None:
-    _check_overrides(sys.argv[1:])
+    check_overrides(sys.argv[1:], EvalConfig)
     _hydra_main()
 
 

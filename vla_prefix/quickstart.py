@@ -15,8 +15,9 @@ The held-out task is fixed here, before any measurement, and is never a pretrain
 from __future__ import annotations
 
 import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, cli_errors
+from .utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class QuickstartConfig:
-    defaults: list[Any] = field(default_factory=lambda: [
-        "_self_", {"override hydra/job_logging": "stdout"}, {"override hydra/hydra_logging": "none"}])
-    hydra: Any = field(default_factory=lambda: {"run": {"dir": "."}, "output_subdir": None, "job": {"chdir": False}})
+    defaults: list[Any] = quiet_defaults()
+    hydra: Any = quiet_hydra("vla_prefix.quickstart", __doc__)
 
     task: str = "tabletop-pick-place-yellow-ball-v0"  # held out: a new object/colour pairing for pick-place
     base: str = str(ROOT / "checkpoints" / "tabletop_base")
@@ -135,8 +136,14 @@ def format_report(r: dict, run_dir: Path) -> str:
 
 @hydra.main(config_path=None, config_name="quickstart", version_base=None)
 @cli_errors
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run(OmegaConf.to_object(cfg))
+
+
+@cli_errors
+def main() -> None:
+    check_overrides(sys.argv[1:], QuickstartConfig)
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -21,15 +21,16 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from .errors import ConfigError, cli_errors, closest
+from .utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra, to_dataclass
+from .errors import ConfigError, cli_errors
 
 log = logging.getLogger(__name__)
 USAGE = "python -m vla_prefix.serve backbone=<dir> bank=<dir> [host=127.0.0.1] [port=8000]"
@@ -40,24 +41,8 @@ TOKEN_ENV = "VLA_PREFIX_TOKEN"
 class ServeConfig:
     """Settings of `python -m vla_prefix.serve` (every field is a command-line override)."""
 
-    defaults: list[Any] = field(
-        default_factory=lambda: [
-            "_self_", {"override hydra/job_logging": "stdout"}, {"override hydra/hydra_logging": "none"}
-        ]
-    )
-    hydra: Any = field(
-        default_factory=lambda: {
-            "run": {"dir": "."},
-            "output_subdir": None,
-            "job": {"chdir": False},
-            "help": {
-                "app_name": "vla_prefix.serve",
-                "header": __doc__.strip(),
-                "template": "${hydra.help.header}\n\n== Settings (override any with key=value) ==\n\n"
-                            "$CONFIG\n${hydra.help.footer}",
-            },
-        }
-    )
+    defaults: list[Any] = quiet_defaults()
+    hydra: Any = quiet_hydra("vla_prefix.serve", __doc__)
 
     backbone: str = MISSING  # a directory written by VLA.save_pretrained
     bank: str = MISSING  # a directory of prefix files (.safetensors), all trained on that backbone
@@ -76,21 +61,10 @@ class ServeConfig:
 
 
 ConfigStore.instance().store(name="serve", node=ServeConfig)
-_FIELDS = [f.name for f in fields(ServeConfig) if f.name not in ("defaults", "hydra")]
 
 
 def _as_config(cfg: ServeConfig | DictConfig | dict) -> ServeConfig:
-    if isinstance(cfg, dict):
-        unknown = [k for k in cfg if k not in _FIELDS]
-        if unknown:
-            hint = closest(unknown[0], _FIELDS)
-            raise ConfigError(f"unknown serve setting {unknown[0]!r}" + (f"; did you mean {hint[0]}?" if hint else ""))
-        cfg = OmegaConf.merge(OmegaConf.structured(ServeConfig), cfg)
-    if isinstance(cfg, DictConfig):
-        for key in ("backbone", "bank"):
-            if OmegaConf.is_missing(cfg, key):
-                raise ConfigError(f"`{key}` is required: {USAGE}")
-        cfg = ServeConfig(**{k: cfg[k] for k in _FIELDS})
+    cfg = to_dataclass(cfg, ServeConfig, "serve", ("backbone", "bank"), USAGE)
     if not Path(cfg.backbone).is_dir():
         raise ConfigError(f"backbone={cfg.backbone!r} is not a directory; give a folder written by "
                           "VLA.save_pretrained (e.g. the output of `python -m vla_prefix.train mode=pretrain`)")
@@ -144,19 +118,6 @@ def watch_bank(bank, every_s: float, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def _check_overrides(argv: list[str]) -> None:
-    """Name the closest setting for a mistyped override (Hydra alone would not suggest one)."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key = arg.split("=", 1)[0].lstrip("~")
-        if key.startswith(("+", "hydra")) or key.split(".")[0] in _FIELDS:
-            continue
-        hint = closest(key, _FIELDS)
-        raise ConfigError(f"unknown setting {key!r}" + (f"; did you mean {hint[0]}?" if hint else "")
-                          + f" (settings: {', '.join(_FIELDS)})")
-
-
 @hydra.main(version_base=None, config_name="serve")
 @cli_errors
 def _hydra_main(cfg: DictConfig) -> None:
@@ -179,7 +140,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 @cli_errors
 def main() -> None:
-    _check_overrides(sys.argv[1:])
+    check_overrides(sys.argv[1:], ServeConfig)
     _hydra_main()
 
 

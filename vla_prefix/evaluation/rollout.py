@@ -20,7 +20,6 @@ policy and settings give the same episodes, in sync or async mode.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from ..errors import ConfigError
 from ..seeds import SEED_RANGES, seeds
 from ..sim import registry
+from ..sim.render import preload_triton
 from .slot import EvalSlot
 
 EVAL_SEED_RANGES = ("eval", "val")  # train seeds are the demonstrations' seeds: never evaluate on them
@@ -89,18 +89,12 @@ class _Job:
     video: str | None
 
 
-def _preload_triton() -> None:
-    """Import triton before any GL context exists: importing it after Mesa made one segfaults (sim/metaworld_suite)."""
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
-
-
 def probe_env(task_id: str, env_kwargs: dict, seed: int) -> dict:
     """Build the task's env once and check the env interface.
 
     -> {observation_space, action_space, cameras (names or None), image_shape [n_cam, S, S, 3]}.
     """
-    _preload_triton()
+    preload_triton()
     env = registry.make_env(task_id, **env_kwargs)
     try:
         obs, _ = env.reset(seed=seed)

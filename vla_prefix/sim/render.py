@@ -37,7 +37,7 @@ def disable_costly_scene_flags(scene: mujoco.MjvScene) -> None:
     scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
 
 
-def _preload_triton() -> None:
+def preload_triton() -> None:
     """Import triton (if installed) before the first GL context: once Mesa's llvmpipe has made a context,
     a first import of triton's LLVM extension (torch imports it lazily) segfaults the process."""
     if importlib.util.find_spec("triton") is not None:
@@ -46,7 +46,7 @@ def _preload_triton() -> None:
 
 def make_renderer(model: mujoco.MjModel, height: int, width: int, fast: bool = True) -> mujoco.Renderer:
     """A `mujoco.Renderer`; with `fast`, the measured fast settings are applied first."""
-    _preload_triton()  # every GL context of the project is made here, so this runs before the first one
+    preload_triton()  # every GL context of the project is made here, so this runs before the first one
     if fast:
         apply_fast_render_settings(model, width, height)
     try:
