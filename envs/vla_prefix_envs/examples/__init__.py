@@ -1,0 +1,1 @@
+"""Worked examples of user task modules (not imported by `import vla_prefix_envs`)."""
