@@ -114,3 +114,19 @@ def test_wrong_image_size_is_a_clear_error():
     b["image"] = torch.zeros(1, 1, 48, 48, 3, dtype=torch.uint8)
     with pytest.raises(ConfigError, match="image_size"):
         vla.predict_actions(b)
+
+
+def test_a_cnn_encoder_with_batchnorm_builds_saves_and_fingerprints(tmp_path):
+    """Any timm model: a ResNet's feature map becomes tokens; 0-d BatchNorm counters hash fine."""
+    from backbones import CORPUS, model_config
+    from vla_prefix.models import build_backbone
+
+    cfg = model_config("llama")
+    cfg.vision.name, cfg.vision.model_kwargs = "test_resnet", {}
+    vla = build_backbone(cfg, corpus=CORPUS).eval()
+    assert not vla.vision.is_vit and vla.vision.n_patches > 0
+    b = batch(vla, 2)
+    vla.save_pretrained(tmp_path / "cnn")
+    loaded = VLA.from_pretrained(tmp_path / "cnn")
+    assert loaded.fingerprint() == vla.fingerprint()
+    assert torch.equal(loaded.predict_actions(b), vla.predict_actions(b))

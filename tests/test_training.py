@@ -166,3 +166,12 @@ def test_validation_selects_the_checkpoint_on_val_seeds(tiny_base, tabletop_demo
     assert summary["val_best"] == {"score": best["val_success"], "step": best["step"]}
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
     assert list((tmp_path / "val_videos" / "step6").rglob("*.mp4"))  # rollout videos of each validation
+
+
+def test_lora_leaves_the_frozen_vision_encoder_in_eval_mode(tiny_base):
+    from vla_prefix.training.config import LoraSettings
+    from vla_prefix.training.modes import make_learner
+
+    learner = make_learner("lora", VLA.from_pretrained(tiny_base), [HELDOUT_TASK], {HELDOUT_TASK: "x"},
+                           None, LoraSettings(), seed=0).train()
+    assert learner.backbone.trunk.training and not learner.backbone.vision.training

@@ -10,15 +10,17 @@ from .trunk import resolve_model_path
 from .vla import VLA, VLAConfig
 
 
-def build_backbone(model_cfg, corpus: list[str] | None = None) -> VLA:
+def build_backbone(model_cfg, corpus: list[str] | None = None, tokenizer=None) -> VLA:
     """A fresh VLA from a `conf/model/*.yaml` node: parts via `_target_`, plus its tokenizer.
 
-    `tokenizer.pretrained` (a local path) loads the trunk's own tokenizer; otherwise one is trained
-    on `corpus` (the instruction corpus) with `tokenizers`.
+    `tokenizer` (an instance) is used as given; else `tokenizer.pretrained` (a local path) loads the
+    trunk's own; otherwise one is trained on `corpus` (the instruction corpus) with `tokenizers`.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True))
     tok_cfg = cfg.get("tokenizer") or {}
-    if tok_cfg.get("pretrained"):
+    if tokenizer is not None:
+        pass
+    elif tok_cfg.get("pretrained"):
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tok_cfg["pretrained"]))
     else:
         if not corpus:

@@ -43,8 +43,10 @@ class VisionEncoder(nn.Module):
         self.is_vit = hasattr(self.model, "blocks") and hasattr(self.model, "_pos_embed")
         self.width = self.model.num_features
         self.depth = len(self.model.blocks) if self.is_vit else 0
+        self.model.eval()  # probe the token count without touching BatchNorm statistics
         with torch.no_grad():
             self.n_patches = self._tokens(torch.zeros(1, 3, img_size, img_size)).shape[1]
+        self.model.train()
 
     def _tokens(self, x: torch.Tensor, prompts: torch.Tensor | None = None, prompt_valid: torch.Tensor | None = None):
         if prompts is None:

@@ -108,7 +108,7 @@ class VLA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, attn_implementation: str | None = None) -> "VLA":
-        """Load a directory written by `save_pretrained` (no network)."""
+        """Load a directory written by `save_pretrained` (no network), in eval mode."""
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise ConfigError(f"{path} is not a saved VLA (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
@@ -123,7 +123,7 @@ class VLA(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
         model = cls(vision, trunk, head, tokenizer, config, recipe)
         model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
-        return model
+        return model.eval()  # like transformers' from_pretrained: ready for inference
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> str:
@@ -133,7 +133,7 @@ class VLA(nn.Module):
             for name, tensor in sorted(self.state_dict().items()):
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d tensors too (BatchNorm counters)
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 

@@ -47,11 +47,11 @@ class Learner(nn.Module):
         return self.backbone(batch, self.prefix_tensors(batch["task_index"]))
 
     def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode: no dropout noise, and no BatchNorm statistics drift."""
         super().train(mode)
-        if self.mode in PREFIX_MODES + ("head",):
-            self.backbone.eval()  # frozen backbone: no dropout noise
-            if self.mode == "head":
-                self.backbone.head.train(mode)
+        for part in self.backbone.children():
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -17,12 +17,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from transformers import AutoTokenizer
 
 from ..errors import ConfigError, VLAPrefixError
 from ..models import VLA, build_backbone
 from ..prefix.io import save_prefix
 from ..sim.registry import load_task_modules, resolve_tasks
-from ..utils.atomic import atomic_write_bytes, atomic_write_json
+from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
@@ -121,9 +122,19 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     variants = {t.id: [t.instruction] + (list(t.paraphrases) if cfg.data.paraphrases else []) for t in tasks}
 
     # ---- backbone and learner
+    if cfg.resume and checkpoint_dir(run_dir).exists():
+        started_on = json.loads((checkpoint_dir(run_dir) / "state.json").read_text()).get("tasks")
+        if started_on is not None and started_on != task_ids:
+            raise ConfigError(f"this run started on tasks {started_on} but now selects {task_ids}; "
+                              "resume with the same `task` (and task definitions)")
     if cfg.mode in FRESH_MODES:
         corpus = [s for v in variants.values() for s in v]
-        backbone = build_backbone(cfg.model, corpus=corpus)
+        saved = run_dir / "checkpoints" / "tokenizer"  # a resumed run keeps the tokenizer it started with
+        tokenizer = AutoTokenizer.from_pretrained(str(saved)) if cfg.resume and saved.is_dir() else None
+        backbone = build_backbone(cfg.model, corpus=corpus, tokenizer=tokenizer)
+        if not saved.is_dir():
+            with atomic_directory(saved) as tmp:
+                backbone.tokenizer.save_pretrained(str(tmp))
     else:
         if not cfg.base:
             raise ConfigError(f"mode={cfg.mode} adapts a base VLA: set base=<dir of a pretrained VLA> "
@@ -199,7 +210,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         if cfg.val.every and ((step + 1) % cfg.val.every == 0 or step + 1 == cfg.optim.steps):
             best = select_by_validation(learner, task_ids, cfg, episodes_cameras(cfg), step + 1, best, run_dir, logger)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps:
-            save_checkpoint(run_dir, learner, optimizer, step + 1, {"best": best})
+            save_checkpoint(run_dir, learner, optimizer, step + 1, {"best": best, "tasks": task_ids})
     bar.close()
     if start >= cfg.optim.steps:  # resumed a finished run: report its last logged loss
         rows = logger.metrics.read()
