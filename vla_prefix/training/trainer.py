@@ -62,13 +62,9 @@ def vision_trains(cfg: TrainConfig) -> bool:
     return cfg.mode in FRESH_MODES + ("full",)
 
 
-def augment_pixels(cfg: TrainConfig) -> int:
-    return cfg.data.augment_shift if cfg.data.augment_shift is not None else (4 if vision_trains(cfg) else 0)
-
-
 def feature_cache_valid(cfg: TrainConfig) -> bool:
     """Frozen vision encoder, no augmentation and no encoder-site prompts: its outputs can be computed once."""
-    if vision_trains(cfg) or augment_pixels(cfg) > 0:
+    if vision_trains(cfg) or cfg.data.augment_shift > 0:
         return False
     return not (cfg.mode == "prefix" and cfg.prefix.visual.site == "encoder" and cfg.prefix.visual.length > 0)
 
@@ -148,7 +144,8 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     learner = make_learner(cfg.mode, backbone, task_ids, {t.id: t.instruction for t in tasks},
                            cfg.prefix, cfg.lora, cfg.seed).to(cfg.device)
 
-    dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk, augment_pixels(cfg))
+    dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk,
+                           cfg.data.augment_shift)
     use_cache = feature_cache_valid(cfg) if cfg.data.cache_features is None else cfg.data.cache_features
     if use_cache and not feature_cache_valid(cfg):
         raise ConfigError(f"data.cache_features=true is invalid for mode={cfg.mode} (the vision encoder trains, "
@@ -237,7 +234,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         "lr": base_lr,
         "batch_size": cfg.optim.batch_size,
         "feature_cache": bool(use_cache),
-        "augment_shift": augment_pixels(cfg),
+        "augment_shift": cfg.data.augment_shift,
         "base_fingerprint": base_fingerprint,
         "val_best": best,
         "outputs": outputs,
