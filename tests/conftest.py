@@ -9,6 +9,17 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+@pytest.fixture
+def one_torch_thread():
+    """Env workers and the policy share 2 cores: 2 torch threads made tiny forwards 4-40x slower here."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 PRETRAIN_TASKS = ["tabletop-reach-red-cube-v0", "tabletop-push-red-cube-v0"]
 HELDOUT_TASK = "tabletop-push-blue-cube-v0"
 

@@ -23,12 +23,7 @@ from vla_prefix.prefix.prefix_set import PrefixSet
 MIXED_ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

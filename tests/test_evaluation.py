@@ -39,13 +39,7 @@ RED, BLUE = "tiny-reach-red-v0", "tiny-reach-blue-v0"
 MODULES = ["tiny_task", "eval_tiny_task"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Env workers and the policy share 2 cores: 2 torch threads made tiny forwards 4-40x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedPolicy:

@@ -31,12 +31,7 @@ TOKEN = "s3cret-token"
 RIGHT, LEFT = "evaltiny-right-v0", "evaltiny-left-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
