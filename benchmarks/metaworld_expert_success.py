@@ -20,12 +20,12 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from vla_prefix.utils.atomic import atomic_write_bytes
 
 MAX_STEPS = 500
 CAPS = (100, 150, 200, 250, 300, 400, 500)
@@ -87,12 +87,6 @@ def summarise(rec: dict) -> dict:
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def markdown(result: dict) -> str:
     lines = [
         "# Meta-World scripted-expert success (state only)",
@@ -152,7 +146,7 @@ def main() -> None:
     with mp.get_context("spawn").Pool(args.workers) as pool:
         for name, rec in pool.imap_unordered(run_task, [(n, seed_list) for n in todo]):
             done[name] = rec
-            write_atomic(partial_path, json.dumps(done))
+            atomic_write_bytes(partial_path, json.dumps(done).encode())
             k = sum(s is not None for s in rec["first_success_step"])
             print(f"{name}: {k}/{len(seed_list)} in {rec['wall_s']:.0f}s ({time.time() - t0:.0f}s total)", flush=True)
 
@@ -176,8 +170,8 @@ def main() -> None:
         "caps": {n: t["summary"]["cap"] for n, t in tasks.items()},
         "tasks": tasks,
     }
-    write_atomic(out, json.dumps(result, indent=1))
-    write_atomic(out.with_suffix(".md"), markdown(result))
+    atomic_write_bytes(out, json.dumps(result, indent=1).encode())
+    atomic_write_bytes(out.with_suffix(".md"), markdown(result).encode())
     if not args.keep_partial:
         partial_path.unlink(missing_ok=True)
     print(f"wrote {out} and {out.with_suffix('.md')}; mean success {result['mean_success_rate']:.3f}")

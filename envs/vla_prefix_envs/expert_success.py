@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from vla_prefix.errors import cli_errors
 from vla_prefix.seeds import seeds as seed_range
 from vla_prefix.sim.registry import list_tasks, make_env, make_expert, resolve_tasks
+from vla_prefix.utils.atomic import atomic_write_bytes
 
 
 def run_expert(task_id: str, seeds: list[int], image_size: int = 64) -> dict:
@@ -47,12 +47,6 @@ def run_expert(task_id: str, seeds: list[int], image_size: int = 64) -> dict:
         "max_steps": int(max(steps)),
         "failed_seeds": [s for s, ok in zip(seeds, outcomes) if not ok],
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def to_markdown(report: dict) -> str:
@@ -101,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "expert_success.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(out / "expert_success.md", to_markdown(report))
+    atomic_write_bytes(out / "expert_success.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "expert_success.md", to_markdown(report).encode())
     return report
 
 
