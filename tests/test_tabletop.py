@@ -184,7 +184,7 @@ def test_async_vector_env_with_default_fork_start():
     try:
         venv.reset_async(seed=[0, 1])
         obs, _ = venv.reset_wait(timeout=60)
-        assert obs["image"].shape == (2, 1, SMALL, SMALL, 3)
+        assert obs["image"].shape == (2, 2, SMALL, SMALL, 3)  # scene + wrist (the default cameras)
         assert not np.array_equal(obs["image"][0], obs["image"][1])
         venv.step_async(np.zeros((2, 4), np.float32))
         obs, *_ = venv.step_wait(timeout=60)

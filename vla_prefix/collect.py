@@ -67,6 +67,7 @@ class CollectConfig:
     task_modules: list[str] = field(default_factory=list)  # user modules that call register_task
     max_attempts: Optional[int] = None  # seeds tried per task at most; None: 2 * n_demos + 10
     seed_offset: int = 0  # the first train seed tried is SEED_RANGES["train"][seed_offset]
+    action_noise: float = 0.0  # std of Gaussian noise on the EXECUTED xyz action (DART); the clean expert action is recorded
     progress: bool = True  # a tqdm progress bar on stderr
 
 
@@ -126,16 +127,21 @@ def _close_envs() -> None:
         env.close()
 
 
-def run_expert_episode(env, expert, seed: int) -> tuple[bool, dict]:
+def run_expert_episode(env, expert, seed: int, action_noise: float = 0.0) -> tuple[bool, dict]:
     """Run `expert` from `env.reset(seed=seed)` until success or the time limit.
 
     Returns (success, {"images": uint8 (T, n_cam, H, W, 3), "proprio": float32 (T, 4),
-    "actions": float32 (T, 4)}): the observation at each step and the action taken after it.
+    "actions": float32 (T, 4)}): the observation at each step and the expert's action after it.
     The episode stops at the first step whose `info["is_success"]` is true.
+
+    `action_noise` > 0 perturbs the executed xyz (DART: Laskey et al. 2017) with Gaussian noise seeded by
+    `seed`, while the recorded label stays the expert's clean action; the closed-loop expert then
+    demonstrates how to recover from the small errors a learned policy makes.
     """
     obs, info = env.reset(seed=seed)
     expert.reset()
     low, high = env.action_space.low, env.action_space.high
+    noise_rng = np.random.default_rng([seed, 0xDA27])
     images, proprio, actions = [], [], []
     success = False
     while True:
@@ -146,7 +152,10 @@ def run_expert_episode(env, expert, seed: int) -> tuple[bool, dict]:
         images.append(obs["image"])
         proprio.append(obs["proprio"])
         actions.append(action)
-        obs, _, terminated, truncated, info = env.step(action)
+        executed = action.copy()
+        if action_noise > 0:
+            executed[:3] += noise_rng.normal(0.0, action_noise, 3).astype(np.float32)
+        obs, _, terminated, truncated, info = env.step(np.clip(executed, low, high))
         if info.get("is_success", False):
             success = True
             break
@@ -166,7 +175,7 @@ def _episode_job(job: dict) -> dict:
     try:
         env = _env(task, job["env_kwargs"])
         expert = registry.make_expert(task)
-        success, episode = run_expert_episode(env, expert, seed)
+        success, episode = run_expert_episode(env, expert, seed, job["action_noise"])
         expected = (job["n_cameras"], job["image_size"], job["image_size"], 3)  # the dataset's spec
         cameras = getattr(env.unwrapped, "cameras", None)
         if episode["images"].shape[1:] != expected or (cameras is not None and list(cameras) != job["cameras"]):
@@ -330,7 +339,7 @@ def collect(cfg: CollectConfig | DictConfig | dict) -> dict:
     env_kwargs = _env_kwargs(cfg)
     max_attempts = cfg.max_attempts if cfg.max_attempts is not None else 2 * cfg.n_demos + 10
     candidates = seeds("train", max_attempts, offset=cfg.seed_offset)
-    spec = _probe(next(iter(tasks.values())), env_kwargs, cfg.suite)
+    spec = {**_probe(next(iter(tasks.values())), env_kwargs, cfg.suite), "action_noise": float(cfg.action_noise)}
     start, new_frames = time.perf_counter(), 0
 
     with DatasetWriter(cfg.out, spec) as writer:

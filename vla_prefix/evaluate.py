@@ -67,7 +67,7 @@ class EvalConfig:
     # ---- rollout settings that change results (all copied into eval_info.json)
     n_action_steps: Optional[int] = None  # actions executed per predicted chunk; null = the whole chunk (H)
     image_size: Optional[int] = None  # null = the backbone's vision img_size
-    cameras: Optional[list[str]] = None  # env camera names; null = the suite's default cameras
+    cameras: Optional[list[str]] = None  # env camera names; null = the backbone's (else the suite's default)
     max_steps: Optional[int] = None  # episode step limit; null = each task's own time limit
     # ---- execution
     num_envs: int = 2  # vector-env slots (batched inference over them)
@@ -146,6 +146,7 @@ def load_local_policy(backbone: str, prefix: str | None, device: str = "cpu"):
         "backbone_fingerprint": vla.fingerprint(),
         "chunk": vla.config.chunk,
         "n_cameras": vla.config.n_cameras,
+        "cameras": vla.config.cameras,
         "vision_img_size": vla.vision.img_size,
         "prefix": None if prefix is None else str(prefix),
         "prefix_task": None if meta is None else meta["task"],
@@ -219,7 +220,8 @@ def evaluate(cfg: EvalConfig | DictConfig | dict) -> dict:
     if n_action_steps > description["chunk"]:
         raise ConfigError(f"n_action_steps={n_action_steps} exceeds the backbone's chunk length "
                           f"H={description['chunk']}")
-    env_kwargs = {"image_size": image_size, **({"cameras": tuple(cfg.cameras)} if cfg.cameras else {})}
+    cameras = cfg.cameras or description.get("cameras")  # default: the cameras the backbone was trained on
+    env_kwargs = {"image_size": image_size, **({"cameras": tuple(cameras)} if cameras else {})}
     spec = probe_env(tasks[0].id, env_kwargs, seeds(cfg.seed_range, 1, cfg.seed_offset)[0])
     if spec["image_shape"][0] != description["n_cameras"]:
         raise ConfigError(f"the env gives {spec['image_shape'][0]} camera image(s) ({spec['cameras']}) but the "
@@ -240,7 +242,7 @@ def evaluate(cfg: EvalConfig | DictConfig | dict) -> dict:
     try:
         result = rollout(
             policy, [t.id for t in tasks], cfg.n_episodes,
-            n_action_steps=n_action_steps, num_envs=cfg.num_envs, image_size=image_size, cameras=cfg.cameras,
+            n_action_steps=n_action_steps, num_envs=cfg.num_envs, image_size=image_size, cameras=cameras,
             max_steps=cfg.max_steps, seed_range=cfg.seed_range, seed_offset=cfg.seed_offset,
             video_episodes=cfg.video_episodes, video_dir=video_dir, video_size=cfg.video_size, vector=cfg.vector,
             task_modules=list(cfg.task_modules), progress=cfg.progress,

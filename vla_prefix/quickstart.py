@@ -41,6 +41,7 @@ class QuickstartConfig:
     data: str = str(ROOT / "data" / "quickstart")
     out: str = str(ROOT / "outputs" / "quickstart")
     n_demos: int = 50
+    action_noise: float = 0.3  # DART noise while collecting, as for the base's pretraining demos
     steps: int = 500
     batch_size: int = 64
     prefix: str = "deep"  # conf/prefix/<name>.yaml
@@ -74,7 +75,8 @@ def run(cfg: QuickstartConfig) -> dict:
 
     print(f"[1/4] demos: {cfg.n_demos} expert episodes of {task.id} -> {cfg.data}", flush=True)
     collect({"suite": task.suite, "task": task.id, "n_demos": cfg.n_demos, "out": cfg.data,
-             "image_size": _base_image_size(cfg.base), "workers": 2, "progress": False})
+             "action_noise": cfg.action_noise,
+             **_base_observation(cfg.base), "workers": 2, "progress": False})
 
     print(f"[2/4] prefix-tuning the frozen base on {task.id} ({cfg.steps} steps)", flush=True)
     train_cfg = compose_train_config({
@@ -108,8 +110,10 @@ def run(cfg: QuickstartConfig) -> dict:
     return report
 
 
-def _base_image_size(base: str) -> int:
-    return int(json.loads(Path(base, "config.json").read_text())["vision"]["img_size"])
+def _base_observation(base: str) -> dict:
+    """The image size and cameras the base was trained on (collect settings)."""
+    recipe = json.loads(Path(base, "config.json").read_text())
+    return {"image_size": int(recipe["vision"]["img_size"]), "cameras": recipe["config"].get("cameras")}
 
 
 def format_report(r: dict, run_dir: Path) -> str:

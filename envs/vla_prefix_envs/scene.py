@@ -41,6 +41,7 @@ EE_HIGH = np.array([0.3, 0.25, 0.3])
 TABLE_REGION = (np.array([-0.18, -0.14]), np.array([0.18, 0.14]))
 START_LOW = np.array([-0.15, -0.12, 0.14])
 START_HIGH = np.array([0.15, 0.08, 0.22])
+DEFAULT_CAMERAS = ("scene", "wrist")  # the fixed view plus the eye-in-hand view (precise grasps)
 MAX_YAW = 0.35  # cubes start with a yaw in [-MAX_YAW, MAX_YAW] rad
 
 # Object sizes (metres).
@@ -169,7 +170,7 @@ class TabletopEnv(gym.Env):
         self,
         task: TabletopTaskSpec,
         image_size: int = 64,
-        cameras: tuple[str, ...] | list[str] = ("scene",),
+        cameras: tuple[str, ...] | list[str] = DEFAULT_CAMERAS,
         render_mode: str | None = None,
         render_size: int | None = None,
     ):

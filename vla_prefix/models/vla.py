@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import hydra.utils
 import torch
@@ -44,6 +45,7 @@ class VLAConfig:
     action_dim: int = 4  # from the task's action space
     chunk: int = 4  # H, actions predicted per forward
     n_cameras: int = 1
+    cameras: Optional[list] = None  # env camera names in image order (set from the training data); None = suite default
     n_readouts: int = 1
     max_instruction_tokens: int = 16
 

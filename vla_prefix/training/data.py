@@ -117,12 +117,16 @@ class StepBatchSampler(Sampler):
             yield self.batch(step)
 
 
-def load_training_data(path: str, task_ids: list[str], n_demos: int | None, image_size: int) -> list[dict]:
+def load_training_data(path: str, task_ids: list[str], n_demos: int | None, image_size: int,
+                       n_cameras: int) -> list[dict]:
     """Episodes of `task_ids` from the dataset at `path` (the first `n_demos` per task, by seed order)."""
     ds = DemoDataset(path)
     if ds.image_size != image_size:
         raise ConfigError(f"the dataset {path} has {ds.image_size}px images but the backbone expects {image_size}px; "
                           f"collect with image_size={image_size} or use a matching model config")
+    if ds.spec["n_cameras"] != n_cameras:
+        raise ConfigError(f"the dataset {path} has {ds.spec['n_cameras']} camera(s) {ds.cameras} but the backbone "
+                          f"takes {n_cameras}; collect with the backbone's cameras (cameras=[...])")
     missing = [t for t in task_ids if t not in ds.tasks()]
     if missing:
         raise ConfigError(f"the dataset {path} has no episodes of {missing}; it holds {ds.tasks()}. "

@@ -90,3 +90,26 @@ class RunLogger:
             self.wandb.finish()
             wandb.teardown()  # the service writes offline records asynchronously: flush them before returning
             self.wandb = None
+
+
+class NullMetricsFile(MetricsFile):
+    """A MetricsFile that holds nothing and writes nothing."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def truncate(self, step: int) -> None:
+        pass
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def read(self) -> list[dict]:
+        return []
+
+
+class NullLogger(RunLogger):
+    """The logger of DDP ranks other than 0: the RunLogger interface, doing nothing (rank 0 logs)."""
+
+    def __init__(self):
+        self.metrics, self.val, self.wandb = NullMetricsFile(), NullMetricsFile(), None

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+from ..data.dataset import DemoDataset
 from ..errors import ConfigError, VLAPrefixError
 from ..models import VLA, build_backbone
 from ..prefix.io import save_prefix
@@ -27,7 +29,8 @@ from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_js
 from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
-from .loggers import RunLogger
+from .distributed import DistContext, loss_terms, session
+from .loggers import NullLogger, RunLogger
 from .modes import FRESH_MODES, PREFIX_MODES, make_learner, merge_lora
 from .validation import restore_state, trainable_state, validate
 
@@ -94,9 +97,18 @@ def count_summary(mode: str, learner, backbone_params: int) -> dict:
 
 # ---------------------------------------------------------------------- the run
 def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
-    """Train per `cfg`, writing checkpoints, outputs and train_summary.json into `run_dir`."""
+    """Train per `cfg`, writing checkpoints, outputs and train_summary.json into `run_dir`.
+
+    Under `torchrun` (WORLD_SIZE > 1): data-parallel over the ranks (see distributed.py); rank 0 logs,
+    validates and writes every file; every rank returns the summary.
+    """
+    with session(cfg.device) as ctx:
+        return _train(cfg if ctx.device == cfg.device else replace(cfg, device=ctx.device), run_dir, ctx)
+
+
+def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = Path(ctx.broadcast_object(str(run_dir)))  # Hydra's timestamped dir may differ per rank
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {cfg.mode!r}")
@@ -107,6 +119,9 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     if checkpoint_dir(run_dir).exists() and not cfg.resume:
         raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, "
                           "or choose another out_dir (nothing is overwritten)")
+    if cfg.optim.batch_size < ctx.world_size:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is the global batch, split over "
+                          f"{ctx.world_size} processes: make it at least {ctx.world_size}")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -126,18 +141,27 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     if cfg.mode in FRESH_MODES:
         corpus = [s for v in variants.values() for s in v]
         saved = run_dir / "checkpoints" / "tokenizer"  # a resumed run keeps the tokenizer it started with
-        tokenizer = AutoTokenizer.from_pretrained(str(saved)) if cfg.resume and saved.is_dir() else None
-        backbone = build_backbone(cfg.model, corpus=corpus, tokenizer=tokenizer)
-        if not saved.is_dir():
+        if not ctx.is_main:
+            ctx.barrier()  # DDP: rank 0 writes the tokenizer first; the others load that one
+        reuse = (cfg.resume or not ctx.is_main) and saved.is_dir()
+        tokenizer = AutoTokenizer.from_pretrained(str(saved)) if reuse else None
+        data_spec = DemoDataset(cfg.data.path).spec  # the backbone takes the training data's cameras
+        model_cfg = OmegaConf.merge(cfg.model, {"config": {"n_cameras": data_spec["n_cameras"],
+                                                           "cameras": data_spec["cameras"]}})
+        backbone = build_backbone(model_cfg, corpus=corpus, tokenizer=tokenizer)
+        if not saved.is_dir() and ctx.is_main:
             with atomic_directory(saved) as tmp:
                 backbone.tokenizer.save_pretrained(str(tmp))
+        if ctx.is_main:
+            ctx.barrier()
     else:
         if not cfg.base:
             raise ConfigError(f"mode={cfg.mode} adapts a base VLA: set base=<dir of a pretrained VLA> "
                               "(make one with `python -m vla_prefix.train mode=pretrain`)")
         backbone = VLA.from_pretrained(cfg.base)
     base_fingerprint = backbone.fingerprint() if cfg.mode not in FRESH_MODES else None
-    episodes = load_training_data(cfg.data.path, task_ids, cfg.data.n_demos, backbone.vision.img_size)
+    episodes = load_training_data(cfg.data.path, task_ids, cfg.data.n_demos, backbone.vision.img_size,
+                                  backbone.config.n_cameras)
     if cfg.mode in FRESH_MODES:
         backbone.set_normalization(**normalization_stats(episodes))
     backbone_params = backbone.num_parameters()
@@ -160,14 +184,16 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
 
     # ---- resume
     logger = RunLogger(cfg.logger, run_dir, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-                       cfg.wandb, resume=cfg.resume)
+                       cfg.wandb, resume=cfg.resume) if ctx.is_main else NullLogger()
     start = 0
     if cfg.resume and checkpoint_dir(run_dir).exists():
-        start = load_checkpoint(run_dir, learner, optimizer)
+        start = load_checkpoint(run_dir, learner, optimizer)  # every rank loads rank 0's checkpoint
+    ctx.broadcast_params(params)
     logger.metrics.truncate(start)
     logger.val.truncate(start + 1)
 
-    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, cfg.seed, cfg.optim.steps, start)
+    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, cfg.seed, cfg.optim.steps, start,
+                               rank=ctx.rank, world_size=ctx.world_size)  # each rank: its rows of the global batch
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         persistent_workers=False, multiprocessing_context="fork" if cfg.data.num_workers else None)
     autocast = torch.autocast(device_type=cfg.device.split(":")[0], dtype=torch.bfloat16,
@@ -177,38 +203,47 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     best = load_best(run_dir) if start > 0 else {"score": None, "step": None}
     learner.train()
     loss_value = float("nan")
-    bar = tqdm(total=cfg.optim.steps, initial=start, disable=not cfg.progress, desc=f"train[{cfg.mode}]")
+    bar = tqdm(total=cfg.optim.steps, initial=start, disable=not (cfg.progress and ctx.is_main),
+               desc=f"train[{cfg.mode}]")
     tick = time.perf_counter()
     for step, batch in zip(range(start, cfg.optim.steps), loader):
         lr = lr_at(step, cfg, base_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        batch = to_device(batch, cfg.device)
         with autocast:
-            loss, _ = learner(to_device(batch, cfg.device))
+            loss, _ = learner(batch)
         if cfg.debug_nan_at_step == step:
             loss = loss * float("nan")
-        if not torch.isfinite(loss):
+        loss, global_loss = ctx.reduce_loss(loss, loss_terms(batch))  # single process: unchanged
+        if not torch.isfinite(global_loss):  # the same verdict on every rank
             last = checkpoint_dir(run_dir)
             kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written yet"
             logger.finish()
-            raise TrainingError(f"the loss became {loss.item()} at step {step}; stopped ({kept}). "
+            raise TrainingError(f"the loss became {global_loss.item()} at step {step}; stopped ({kept}). "
                                 "Lower optim.lr or check the data for NaN/inf")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        ctx.all_reduce_grads(params)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optimizer.step()
-        loss_value = loss.item()
+        loss_value = global_loss.item()
         now = time.perf_counter()
         logger.log({"loss": loss_value, "lr": lr, "samples_per_s": cfg.optim.batch_size / (now - tick)}, step)
         tick = now
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if cfg.val.every and ((step + 1) % cfg.val.every == 0 or step + 1 == cfg.optim.steps):
-            best = select_by_validation(learner, task_ids, cfg, episodes_cameras(cfg), step + 1, best, run_dir, logger)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps:
+            if ctx.is_main:
+                best = select_by_validation(learner, task_ids, cfg, episodes_cameras(cfg), step + 1, best, run_dir,
+                                            logger)
+            best = ctx.broadcast_object(best)  # the other ranks wait here for rank 0's rollouts
+        if ctx.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps):
             save_checkpoint(run_dir, learner, optimizer, step + 1, {"best": best, "tasks": task_ids})
     bar.close()
+    if not ctx.is_main:  # rank 0 writes the outputs; the others return its summary
+        return ctx.broadcast_object(None)
     if start >= cfg.optim.steps:  # resumed a finished run: report its last logged loss
         rows = logger.metrics.read()
         loss_value = rows[-1]["loss"] if rows else loss_value
@@ -233,6 +268,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
         "tasks": task_ids,
         "lr": base_lr,
         "batch_size": cfg.optim.batch_size,
+        "world_size": ctx.world_size,
         "feature_cache": bool(use_cache),
         "augment_shift": cfg.data.augment_shift,
         "base_fingerprint": base_fingerprint,
@@ -242,15 +278,13 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     atomic_write_json(run_dir / "train_summary.json", summary)
     logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     logger.finish()
-    return summary
+    return ctx.broadcast_object(summary)
 
 
 BEST_FILE = "checkpoints/best.safetensors"
 
 
 def episodes_cameras(cfg: TrainConfig):
-    from ..data.dataset import DemoDataset
-
     return DemoDataset(cfg.data.path).cameras
 
 

@@ -1,0 +1,229 @@
+"""The held-out experiment command on a tiny setting: records, summary, figures, resume, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import HELDOUT_TASK, PRETRAIN_TASKS
+from vla_prefix.errors import ConfigError, VLAPrefixError
+from vla_prefix.experiments import heldout, report
+from vla_prefix.prefix.io import read_prefix_metadata
+from vla_prefix.seeds import SEED_RANGES
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny(base, demos, tmp_path, **changes) -> dict:
+    """1 held-out task, prefix (a grid of 2 lrs) + head + zero-shot, 1 seed, 3 steps, 2 val and 2 eval episodes."""
+    return {"suite": "tabletop", "task": [HELDOUT_TASK], "methods": ["prefix", "head", "zero-shot"], "seeds": [0],
+            "n_demos": [2], "base": str(base), "data": str(demos), "collect_demos": False, "steps": 3,
+            "batch_size": 8, "lr_grid": {"prefix": [1e-3, 1e-2], "head": [1e-3]}, "val_episodes": 2,
+            "n_episodes": 2, "max_episode_steps": 20, "forgetting_task": [PRETRAIN_TASKS[0]],
+            "forgetting_episodes": 1, "threads": 1, "num_workers": 0, "num_envs": 1,
+            "results": str(tmp_path / "results" / "heldout.json"), "out": str(tmp_path / "work"), **changes}
+
+
+def _forbid(monkeypatch, *names):
+    """Make training and/or evaluating fail loudly: a resumed run must not redo finished cells."""
+    import vla_prefix.evaluate
+    import vla_prefix.training.trainer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    for name in names:
+        module = vla_prefix.training.trainer if name == "train" else vla_prefix.evaluate
+        monkeypatch.setattr(module, name, refuse)
+
+
+def _seeds(eval_info: str) -> list[int]:
+    info = json.loads(Path(eval_info).read_text())
+    return [e["seed"] for task in info["tasks"].values() for e in task["episodes"]]
+
+
+@pytest.mark.xdist_group("sweep")  # the tests that need tiny_base share one worker: the fixture is built once
+def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demos, tmp_path, monkeypatch, capsys):
+    settings = tiny(tiny_base, tabletop_demos, tmp_path)
+    results = heldout.run(settings)
+    path = Path(settings["results"])
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["protocol"]["steps"] == 3 and on_disk["config"]["tasks"] == [HELDOUT_TASK]
+
+    # ---- every cell has its record
+    records = {(r["stage"], r["method"], r["lr"]): r for r in on_disk["records"]}
+    chosen = on_disk["summary"]["n_demos"]["2"]["prefix"]["lr"][HELDOUT_TASK]["0"]
+    assert chosen in (1e-3, 1e-2)
+    assert len(records) == len(on_disk["records"]) == 9
+    assert set(records) == {("train", "prefix", 1e-3), ("train", "prefix", 1e-2), ("eval", "prefix", chosen),
+                            ("forgetting", "prefix", chosen), ("train", "head", 1e-3), ("eval", "head", 1e-3),
+                            ("forgetting", "head", 1e-3), ("eval", "zero-shot", None), ("forgetting", "base", None)}
+    for lr in (1e-3, 1e-2):  # the grid's lrs were scored on the val seeds; a one-lr grid needs no val
+        val = records[("train", "prefix", lr)]["val"]
+        assert val["n_episodes"] == 2 and 0 <= val["ci95"][0] <= val["success_rate"] <= val["ci95"][1] <= 1
+        assert all(s in SEED_RANGES["val"] for s in _seeds(Path(records[("train", "prefix", lr)]["run_dir"])
+                                                           / "val" / "eval_info.json"))
+    assert records[("train", "head", 1e-3)]["val"] is None
+    evals = [r for r in on_disk["records"] if r["stage"] == "eval"]
+    for r in evals:  # the same eval seeds for every method
+        assert r["n_episodes"] == 2 and 0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1
+        assert _seeds(r["eval_info"]) == [SEED_RANGES["eval"][0], SEED_RANGES["eval"][1]]
+
+    # ---- what each method stores and trains
+    prefix_train = [r for r in on_disk["records"] if r["stage"] == "train" and r["method"] == "prefix"]
+    head = records[("train", "head", 1e-3)]
+    for r in prefix_train:
+        assert r["stored_bytes"] == Path(r["artifact"]).stat().st_size > 0
+        assert read_prefix_metadata(r["artifact"])["backbone_fingerprint"] == on_disk["protocol"]["base_fingerprint"]
+        assert 0 < r["trainable_params"] and 0 < r["trainable_pct"] < 100 and r["train_wall_s"] > 0
+    assert head["stored_bytes"] > (Path(head["artifact"]) / "model.safetensors").stat().st_size > 0
+    assert 0 < head["trainable_params"] < head["total_params"]
+
+    # ---- forgetting: the prefix's backbone is the base (checked by fingerprint); head changed it
+    base = records[("forgetting", "base", None)]
+    assert base["measured"] and base["identical_to_base"] and list(base["tasks"]) == [PRETRAIN_TASKS[0]]
+    prefix_forget = records[("forgetting", "prefix", chosen)]
+    assert not prefix_forget["measured"] and prefix_forget["identical_to_base"]
+    assert prefix_forget["tasks"] == base["tasks"]
+    head_forget = records[("forgetting", "head", 1e-3)]
+    assert head_forget["measured"] and not head_forget["identical_to_base"] and head_forget["n_episodes"] == 1
+
+    # ---- the summary
+    summary = on_disk["summary"]["n_demos"]["2"]
+    vals = summary["prefix"]["val"][HELDOUT_TASK]["0"]
+    assert vals[repr(chosen)] == max(vals.values())
+    for method in ("prefix", "head", "zero-shot"):
+        m = summary[method]
+        assert m["complete"] and m["mean"]["n_episodes"] == 2
+        assert 0 <= m["mean"]["ci95"][0] <= m["mean"]["success_rate"] <= m["mean"]["ci95"][1] <= 1
+        assert m["tasks"][HELDOUT_TASK]["success_rate"] == m["mean"]["success_rate"]
+    assert summary["prefix"]["stored_bytes"] > 0 and summary["zero-shot"]["stored_bytes"] == 0
+    assert summary["prefix"]["tuning_wall_s"] > summary["prefix"]["train_wall_s"] > 0
+    assert summary["head"]["forgetting"]["measured"] and summary["prefix"]["forgetting"]["identical_to_base"]
+    assert [c["goal"] for c in on_disk["summary"]["goals"]["checks"]][0] == "prefix mean success >= target"
+    assert (path.parent / "heldout_success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert on_disk["figures"] == ["heldout_success.png"]
+
+    # ---- resume: a rerun runs nothing, and a file made with another protocol is refused
+    mtime = (Path(head["run_dir"]) / "train_summary.json").stat().st_mtime_ns
+    with monkeypatch.context() as m:
+        _forbid(m, "train", "evaluate")
+        again = heldout.run(settings)
+    assert again["records"] == on_disk["records"] and again["runs"][-1]["cells_run"] == 0
+    assert (Path(head["run_dir"]) / "train_summary.json").stat().st_mtime_ns == mtime
+    # cells lost after their work finished (a kill before the record was written): trained models are reused
+    lost = {("train", "prefix", 1e-2), ("eval", "head", 1e-3), ("forgetting", "head", 1e-3)}
+    kept = [r for r in on_disk["records"] if (r["stage"], r["method"], r["lr"]) not in lost]
+    path.write_text(json.dumps({**on_disk, "records": kept}))
+    with monkeypatch.context() as m:
+        _forbid(m, "train")
+        redone = heldout.run(settings)
+    assert redone["runs"][-1]["cells_run"] == 3
+    assert {(r["stage"], r["method"], r["lr"]) for r in redone["records"][-3:]} == lost
+    assert redone["summary"]["n_demos"] == on_disk["summary"]["n_demos"]  # deterministic: the same numbers
+    with pytest.raises(ConfigError, match="another protocol.*steps: 3 there, 4 now"):
+        heldout.run({**settings, "steps": 4})
+
+    # ---- the report: a README block between the suite's markers, every number from the JSON
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:tabletop:start -->\nold text\n<!-- results:tabletop:end -->\nafter\n")
+    capsys.readouterr()
+    report.main([str(path), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old text" not in text and text.startswith("# x\n")
+    assert text.endswith("<!-- results:tabletop:end -->\nafter\n")
+    block = text.split("<!-- results:tabletop:start -->")[1].split("<!-- results:tabletop:end -->")[0]
+    rows = {}  # the first table's row per method (the per-task table repeats the names)
+    for line in block.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    for method in ("prefix", "head", "zero-shot"):
+        mean = redone["summary"]["n_demos"]["2"][method]["mean"]
+        assert f"{mean['success_rate']:.2f} [{mean['ci95'][0]:.2f}, {mean['ci95'][1]:.2f}]" in rows[method]
+    assert f"{summary['prefix']['trainable_params']:,}" in rows["prefix"]
+    assert "(results/heldout_success.png)" in block  # figure links relative to the README
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    report.main([str(path), "--readme", str(plain)])
+    assert plain.read_text() == "no markers\n" and "| prefix |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"methods": ["prefix", "lora2"]}, "unknown method 'lora2'; did you mean lora"),
+    ({"lr_grid": {"prefix": []}}, r"lr_grid.prefix=\[\]"),
+    ({"lr_grid": {"prefx": [1e-3]}}, "unknown lr_grid method 'prefx'"),
+    ({"n_demos": [0]}, "n_demos"),
+    ({"lr_selection": "best"}, "per_seed or first_seed"),
+    ({"train_overrides": {"optim": {"lr": 1.0}}}, "'optim.lr' is set by the experiment"),
+    ({"task": [PRETRAIN_TASKS[0]]}, "not heldout tasks"),
+    ({"forgetting_task": [HELDOUT_TASK]}, "not pretrain tasks"),
+    ({"task": ["tabletop-push-blu-cube-v0"]}, "did you mean tabletop-push-blue-cube-v0"),
+    ({}, "is not a base VLA folder"),
+])
+def test_bad_settings_are_one_clear_error(tmp_path, changes, match):
+    with pytest.raises(VLAPrefixError, match=match):
+        heldout.run(tiny(tmp_path / "no-base", tmp_path / "no-data", tmp_path, **changes))
+
+
+def test_train_overrides_flatten_and_metaworld_defaults():
+    cfg = heldout.as_config({"suite": "metaworld", "train_overrides": {"optim": {"warmup_steps": 5}}})
+    assert cfg.train_overrides == {"optim.warmup_steps": 5}
+    assert (cfg.base, cfg.results, cfg.out) == ("checkpoints/metaworld_base", "results/metaworld/heldout.json",
+                                                "outputs/experiments/metaworld")
+    assert set(heldout._task_ids("metaworld", cfg.task, "heldout", "task")) == {
+        f"metaworld-{n}-v3" for n in ("bin-picking", "box-close", "hand-insert", "door-lock", "door-unlock")}
+
+
+def test_report_cli_bad_file_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "none.json")])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: no results file")
+
+
+def test_lr_choice_summary_and_figures_from_records(tmp_path):
+    """Pure bookkeeping on hand-made records: lr choice (val, then loss), first_seed reuse, partial cells, plots."""
+    from vla_prefix.experiments.figures import DEMOS_PLOT, SUCCESS_PLOT, write_figures
+    from vla_prefix.experiments.records import choose_lr, summarize
+
+    def val(rate):
+        return {"success_rate": rate, "ci95": [0.0, 1.0], "n_episodes": 4, "n_successes": int(rate * 4)}
+
+    assert choose_lr([1e-3, 1e-2], {1e-3: {"val": val(0.5), "final_loss": 0.2},
+                                    1e-2: {"val": val(0.5), "final_loss": 0.1}}) == 1e-2  # tie: lower loss
+    assert choose_lr([1e-3, 1e-2], {1e-3: {"val": val(0.75), "final_loss": 0.9}}) is None  # a grid lr unscored
+    assert choose_lr([3e-4], {}) == 3e-4
+
+    def train(seed, n, lr, rate):
+        return {"stage": "train", "task": "t", "method": "full", "seed": seed, "n_demos": n, "lr": lr,
+                "val": rate if rate is None else val(rate), "final_loss": 0.1, "trainable_params": 100,
+                "trainable_pct": 100.0, "stored_bytes": 400, "train_wall_s": 2.0}
+
+    def evaluation(seed, n, lr, k):
+        return {"stage": "eval", "task": "t", "method": "full", "seed": seed, "n_demos": n, "lr": lr,
+                "success_rate": k / 4, "ci95": [0.0, 1.0], "n_episodes": 4, "n_successes": k}
+
+    records = [train(0, 5, 1e-4, 0.25), train(0, 5, 3e-4, 0.75), evaluation(0, 5, 3e-4, 3),
+               train(1, 5, 3e-4, None), evaluation(1, 5, 3e-4, 1),  # seed 1 reuses seed 0's lr (first_seed)
+               train(0, 10, 1e-4, 0.5), train(0, 10, 3e-4, 0.25), evaluation(0, 10, 1e-4, 4)]  # seed 1 unfinished
+    protocol = {"suite": "tabletop", "n_episodes": 4, "val_episodes": 4, "steps": 5, "batch_size": 8,
+                "n_action_steps": 2, "base": "b", "base_fingerprint": "f"}
+    results = {"protocol": protocol, "goals": {}, "records": records,
+               "config": {"tasks": ["t"], "methods": ["full"], "seeds": [0, 1], "n_demos": [5, 10],
+                          "lr_grid": {"full": [1e-4, 3e-4]}, "lr_selection": "first_seed"}}
+    summary = summarize(results)
+    five, ten = summary["n_demos"]["5"]["full"], summary["n_demos"]["10"]["full"]
+    assert five["lr"] == {"t": {"0": 3e-4, "1": 3e-4}} and five["complete"]
+    assert (five["mean"]["n_successes"], five["mean"]["n_episodes"], five["mean"]["success_rate"]) == (4, 8, 0.5)
+    assert five["mean"]["seed_std"] == pytest.approx(0.3535, abs=1e-3)  # per-seed means 0.75 and 0.25
+    assert five["tuning_wall_s"] == 6.0 and five["train_wall_s"] == 2.0
+    assert not ten["complete"] and ten["mean"]["n_cells"] == 1 and ten["mean"]["success_rate"] == 1.0
+    assert summary["goals"] == {"n_demos": 10, "checks": []}  # no prefix results: nothing to check
+    results["summary"] = summary
+    assert write_figures(results, tmp_path) == [SUCCESS_PLOT, DEMOS_PLOT]
+    for name in (SUCCESS_PLOT, DEMOS_PLOT):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    block = report.render(results)
+    assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "(1/2 cells)" in block

@@ -1,0 +1,176 @@
+r"""Render a held-out results file as markdown, and put it into the README between markers.
+
+    python -m vla_prefix.experiments.report results/tabletop/heldout.json                    # print it
+    python -m vla_prefix.experiments.report results/tabletop/heldout.json --readme README.md
+
+With --readme, the block between `<!-- results:<suite>:start -->` and `<!-- results:<suite>:end -->`
+is replaced; if the README has no such markers, the block is printed instead (the README is left alone).
+Every number in the block is one of the results file's (rounded): the block is generated, never edited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError, cli_errors
+from ..utils.atomic import atomic_write_bytes
+
+
+def _rate(r: Optional[dict], cells: str = "") -> str:
+    if r is None or r.get("success_rate") is None:
+        return "–"
+    lo, hi = r["ci95"]
+    return f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]{cells}"
+
+
+def _bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _lr(lrs: Optional[dict]) -> str:
+    if not lrs:
+        return "–"
+    values = sorted({lr for per_seed in lrs.values() for lr in per_seed.values() if lr is not None})
+    return ", ".join(f"{lr:g}" for lr in values) or "–"
+
+
+def _forgetting(f: Optional[dict]) -> str:
+    if f is None:
+        return "–"
+    text = _rate(f)
+    if not f["measured"]:
+        return text + (" (the base: same backbone)" if f["identical_to_base"] else " (backbone CHANGED)")
+    return text + (f", Δ {f['delta_vs_base']:+.2f}" if f.get("delta_vs_base") is not None else "")
+
+
+def _mean(m: dict) -> str:
+    mean = m["mean"]
+    partial = "" if m["complete"] else f" ({mean['n_cells']}/{mean['n_cells_expected']} cells)"
+    return _rate(mean, partial)
+
+
+def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Path] = None) -> str:
+    """The markdown block (no markers). Figure links are relative to `relative_to` (default: cwd)."""
+    proto, config, summary = results["protocol"], results["config"], results["summary"]
+    demos = [str(n) for n in config["n_demos"]]
+    methods = config["methods"]
+    first = summary["n_demos"][demos[0]]
+    source = f"`{path}`" if path else "the results file"
+    lines = [
+        f"<!-- generated from {path or 'the results file'} by `python -m vla_prefix.experiments.report`; "
+        "do not edit by hand -->",
+        f"**{proto['suite']}, held-out tasks** ({source}): {len(config['tasks'])} task(s), training seeds "
+        f"{config['seeds']}, {proto['n_episodes']} eval episodes per task and seed (`eval` seeds); "
+        f"each method's lr chosen from its grid on {proto['val_episodes']} `val` episodes; "
+        f"{proto['steps']} steps, batch {proto['batch_size']}, {proto['n_action_steps']} actions per chunk; "
+        f"base `{proto['base']}` (fingerprint `{proto['base_fingerprint']}`). "
+        "Success: mean over tasks and seeds, Wilson 95% CI on the pooled eval episodes.",
+        "",
+        "| method | trainable params | % of backbone | stored / task | train time / run | "
+        + " | ".join(f"success, {n} demos" for n in demos) + " | forgetting (pretrain tasks) |",
+        "|---" * (6 + len(demos)) + "|",
+    ]
+    for method in methods:
+        m0 = first[method]
+        params = "–" if m0["trainable_params"] is None else f"{m0['trainable_params']:,}"
+        pct = "–" if m0["trainable_pct"] is None else f"{m0['trainable_pct']:.3g}%"
+        time_s = "–" if m0["train_wall_s"] is None else f"{m0['train_wall_s']:.0f} s"
+        cells = " | ".join(_mean(summary["n_demos"][n][method]) for n in demos)
+        lines.append(f"| {method} | {params} | {pct} | {_bytes(m0['stored_bytes'])} | {time_s} | {cells} | "
+                     f"{_forgetting(m0['forgetting'])} |")
+    base = summary.get("base_forgetting")
+    if base is not None:
+        lines += ["", f"Forgetting: mean success on {len(proto['forgetting_task'])} pretrain task(s) "
+                      f"({proto['forgetting_episodes']} episodes each) after adapting at {demos[0]} demos; "
+                      f"the base alone: {_rate(base)}."]
+    for n in demos:
+        tasks = config["tasks"]
+        lines += ["", f"Per task, {n} demos (seeds pooled; chosen lr per seed):", "",
+                  "| method | " + " | ".join(f"`{t}`" for t in tasks) + " | chosen lr |",
+                  "|---" * (len(tasks) + 2) + "|"]
+        for method in methods:
+            m = summary["n_demos"][n][method]
+            lines.append(f"| {method} | " + " | ".join(_rate(m["tasks"].get(t)) for t in tasks)
+                         + f" | {_lr(m['lr'])} |")
+    goals = summary.get("goals", {})
+    if goals.get("checks"):
+        lines += ["", f"Goals of the issue, at {goals['n_demos']} demos:", "", "| goal | target | measured | met |",
+                  "|---|---|---|---|"]
+        for c in goals["checks"]:
+            measured = "–" if c["measured"] is None else f"{c['measured']:.3g}"
+            lines.append(f"| {c['goal']} | {c['target']:g} | {measured} | {'yes' if c['met'] else 'no'} |")
+    if results.get("figures") and path is not None:
+        base_dir = Path(relative_to) if relative_to else Path.cwd()
+        links = [f"![{name}]({os.path.relpath(Path(path).parent / name, base_dir)})" for name in results["figures"]]
+        lines += ["", " ".join(links)]
+    return "\n".join(lines)
+
+
+def markers(suite: str) -> tuple[str, str]:
+    return f"<!-- results:{suite}:start -->", f"<!-- results:{suite}:end -->"
+
+
+def update_readme(readme: Path, suite: str, block: str) -> bool:
+    """Replace the text between the suite's markers; False (README untouched) if it lacks them."""
+    start, end = markers(suite)
+    text = readme.read_text()
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        return False
+    new = text[: i + len(start)] + "\n" + block + "\n" + text[j:]
+    if new != text:
+        atomic_write_bytes(readme, new.encode())
+    return True
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no results file at {str(path)!r}; make one with `python -m vla_prefix.experiments.heldout`")
+    try:
+        results = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON") from None
+    from .heldout import FORMAT
+
+    if results.get("format") != FORMAT or "summary" not in results:
+        raise ConfigError(f"{path} is not a held-out results file ({FORMAT}) with a summary")
+    return results
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vla_prefix.experiments.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="a heldout.json written by vla_prefix.experiments.heldout")
+    parser.add_argument("--readme", help="README to update between the suite's results markers")
+    args = parser.parse_args(argv)
+    results = load(args.results)
+    suite = results["protocol"]["suite"]
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None and not readme.is_file():
+        raise ConfigError(f"--readme {args.readme!r} is not a file")
+    block = render(results, Path(args.results), readme.parent if readme else None)
+    if readme is not None and update_readme(readme, suite, block):
+        print(f"updated {readme} between {markers(suite)[0]} and {markers(suite)[1]}")
+        return 0
+    if readme is not None:
+        start, end = markers(suite)
+        print(f"note: {readme} has no {start} ... {end} markers; add them where the table goes. The block:",
+              file=sys.stderr)
+    print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
