@@ -9,6 +9,8 @@ Examples:
 
 from __future__ import annotations
 
+import os
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -24,9 +26,10 @@ def run(cfg: DictConfig) -> dict:
     typed: TrainConfig = OmegaConf.to_object(cfg)
     out = cfg.out_dir or HydraConfig.get().runtime.output_dir
     summary = train(typed, out)
-    print(f"[vla_prefix.train] {summary['mode']}: final loss {summary['final_loss']:.4f}, "
-          f"{summary['trainable_params']} trainable params ({summary['trainable_pct']:.3f}%), "
-          f"{summary['wall_s']} s -> {out}")
+    if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank returns the summary; one prints it
+        print(f"[vla_prefix.train] {summary['mode']}: final loss {summary['final_loss']:.4f}, "
+              f"{summary['trainable_params']} trainable params ({summary['trainable_pct']:.3f}%), "
+              f"{summary['wall_s']} s -> {out}")
     return summary
 
 
