@@ -4,7 +4,7 @@
     trainable.safetensors   the parameters that train (names as in the Learner)
     optimizer.pt            optimizer state (loaded with weights_only=True)
     rng.safetensors         torch's RNG state
-    state.json              {"step": next step to run, ...}
+    state.json              {"step": next step to run, "history": the commands that ran so far, ...}
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from ..utils.atomic import atomic_directory
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last"
+
+
+def checkpoint_state(run_dir: Path) -> dict:
+    """The last checkpoint's state.json ({} when there is none)."""
+    path = checkpoint_dir(run_dir) / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_checkpoint(run_dir: Path, learner, optimizer, step: int, extra: dict | None = None) -> Path:

@@ -26,7 +26,7 @@ from ..models import VLA, build_backbone
 from ..prefix.io import save_prefix
 from ..sim.registry import load_task_modules, resolve_tasks
 from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
-from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dir, checkpoint_state, load_checkpoint, save_checkpoint
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
 from .distributed import DistContext, loss_terms, session
@@ -133,8 +133,9 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     variants = {t.id: [t.instruction] + (list(t.paraphrases) if cfg.data.paraphrases else []) for t in tasks}
 
     # ---- backbone and learner
-    if cfg.resume and checkpoint_dir(run_dir).exists():
-        started_on = json.loads((checkpoint_dir(run_dir) / "state.json").read_text()).get("tasks")
+    saved_state = checkpoint_state(run_dir) if cfg.resume else {}
+    if saved_state:
+        started_on = saved_state.get("tasks")
         if started_on is not None and started_on != task_ids:
             raise ConfigError(f"this run started on tasks {started_on} but now selects {task_ids}; "
                               "resume with the same `task` (and task definitions)")
@@ -200,7 +201,12 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
                               enabled=cfg.precision == "bf16")
 
     # ---- loop
-    best = load_best(run_dir) if start > 0 else {"score": None, "step": None}
+    best = saved_state.get("best", {"score": None, "step": None}) if start > 0 else {"score": None, "step": None}
+    # provenance across resumes: every command that trained this run, with the steps it ran
+    command = " ".join(["python -m vla_prefix.train", *sys.argv[1:]])
+    history = saved_state.get("history", []) if start > 0 else []
+    if start < cfg.optim.steps:
+        history = [*history, {"command": command, "from_step": start, "steps": cfg.optim.steps}]
     learner.train()
     loss_value = float("nan")
     bar = tqdm(total=cfg.optim.steps, initial=start, disable=not (cfg.progress and ctx.is_main),
@@ -240,7 +246,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
                                             logger)
             best = ctx.broadcast_object(best)  # the other ranks wait here for rank 0's rollouts
         if ctx.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps):
-            save_checkpoint(run_dir, learner, optimizer, step + 1, {"best": best, "tasks": task_ids})
+            save_checkpoint(run_dir, learner, optimizer, step + 1,
+                            {"best": best, "tasks": task_ids, "history": history})
     bar.close()
     if not ctx.is_main:  # rank 0 writes the outputs; the others return its summary
         return ctx.broadcast_object(None)
@@ -253,7 +260,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         restore_state(learner, load_file(str(run_dir / BEST_FILE)))
     learner.eval()
     counts = count_summary(cfg.mode, learner, backbone_params)
-    provenance = {"command": " ".join(["python -m vla_prefix.train", *sys.argv[1:]]), "seed": cfg.seed,
+    provenance = {"command": command, "history": history, "seed": cfg.seed,
                   "mode": cfg.mode, "tasks": task_ids, "data": cfg.data.path, "n_demos": cfg.data.n_demos,
                   "steps": cfg.optim.steps, "final_loss": loss_value,
                   "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)}
@@ -273,6 +280,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         "augment_shift": cfg.data.augment_shift,
         "base_fingerprint": base_fingerprint,
         "val_best": best,
+        "history": history,
         "outputs": outputs,
     }
     atomic_write_json(run_dir / "train_summary.json", summary)
@@ -302,11 +310,6 @@ def select_by_validation(learner, task_ids, cfg, cameras, step, best, run_dir, l
         atomic_write_bytes(path, save(trainable_state(learner)))
         best = {"score": score, "step": step}
     return best
-
-
-def load_best(run_dir: Path) -> dict:
-    state = checkpoint_dir(run_dir) / "state.json"
-    return json.loads(state.read_text()).get("best", {"score": None, "step": None})
 
 
 def save_outputs(cfg: TrainConfig, learner, run_dir: Path, tasks, provenance: dict) -> dict:
