@@ -220,6 +220,30 @@ def test_real_backbone_async_rollout_eval_info_and_determinism(tmp_path):
     assert again.policy_calls == result.policy_calls
 
 
+def test_failures_are_counted_by_engaged_object():
+    from vla_prefix.evaluation import Episode, RolloutResult
+
+    eps = [Episode("t", 1, False, 9, 0.0, None, "distractor red ball"), Episode("t", 2, True, 5, 1.0, None, "target"),
+           Episode("t", 3, False, 9, 0.0, None, "none"), Episode("t", 4, False, 9, 0.0, None, "distractor red ball")]
+    info = eval_info(RolloutResult({"t": eps}, {}, {"t": "put the red cube in the bowl"}))
+    assert info["tasks"]["t"]["failures_by_engaged_object"] == {"distractor red ball": 2, "none": 1}
+    assert info["tasks"]["t"]["episodes"][1]["engaged_object"] == "target"
+    assert "t: distractor red ball 2, none 1" in format_table(info)
+
+
+def test_tabletop_rollout_reports_engaged_object():
+    class StandStill:
+        def act_batch(self, obs, instructions):
+            return np.zeros((len(instructions), 2, 4), np.float32)
+
+    task = "tabletop-reach-red-cube-v0"
+    result = rollout(StandStill(), [task], 2, num_envs=2, vector="async", image_size=16, max_steps=5)
+    info = eval_info(result)
+    labels = [e["engaged_object"] for e in info["tasks"][task]["episodes"]]
+    assert len(labels) == 2 and all(isinstance(x, str) for x in labels)
+    assert sum(info["tasks"][task]["failures_by_engaged_object"].values()) == 2  # standing still never succeeds
+
+
 def tiny_task_instruction(task: str) -> str:
     return f"reach the {task.split('-')[2]} ball"
 

@@ -12,6 +12,7 @@ import vla_prefix_envs
 from vla_prefix.errors import ConfigError
 from vla_prefix.sim.registry import get_task, list_splits, list_tasks, load_task_modules, make_env, make_expert
 from vla_prefix_envs import Above, ObjectSpec, PickPlaceExpert, ReachExpert, TabletopTaskSpec, standard_scene
+from vla_prefix_envs.scene import MAX_STEP
 
 TASKS = [t.id for t in list_tasks("tabletop") if t.split in ("pretrain", "heldout")]
 SMALL = 16  # image size for tests that do not look at pixels
@@ -152,6 +153,27 @@ def test_open_gripper_cannot_lift():
         obs, *_ = env.step(a)
         top = max(top, u.pos("target")[2])
     assert top < 0.03
+
+
+# ----------------------------------------------------------------------------- failure analysis
+def test_engaged_object_names_what_the_gripper_went_for():
+    env = small_env("tabletop-pick-place-red-ball-v0")
+    u = env.unwrapped
+    expert = PickPlaceExpert("target", "bowl")
+    obs, _ = env.reset(seed=4)
+    expert.reset()
+    for _ in range(80):
+        obs, _, done, _, info = env.step(expert.act(u, obs))
+        if done:
+            break
+    assert info["is_success"] and info["engaged_object"] == "target"  # lifted the named object
+
+    obs, _ = env.reset(seed=4)
+    distractor = next(n for n, o in u._objects.items() if o.kind == "cube" and o.color is None)
+    for _ in range(25):  # hover over a distractor cube without touching it
+        delta = (u.pos(distractor) - u.ee_pos)[:2] / MAX_STEP
+        obs, _, _, _, info = env.step(np.array([*np.clip(delta, -1, 1), 0, -1], np.float32))
+    assert info["engaged_object"] == f"distractor {u.color(distractor)} cube"
 
 
 # ----------------------------------------------------------------------------- experts and random policy

@@ -43,6 +43,8 @@ START_LOW = np.array([-0.15, -0.12, 0.14])
 START_HIGH = np.array([0.15, 0.08, 0.22])
 DEFAULT_CAMERAS = ("scene", "wrist")  # the fixed view plus the eye-in-hand view (precise grasps)
 MAX_YAW = 0.35  # cubes start with a yaw in [-MAX_YAW, MAX_YAW] rad
+ENGAGE_MOVE = 0.02  # an object lifted or pushed this far (metres) counts as engaged
+ENGAGE_NEAR = 0.03  # ... else the one the end effector came this close to in xy
 
 # Object sizes (metres).
 CUBE_HALF = 0.02
@@ -202,6 +204,11 @@ class TabletopEnv(gym.Env):
         self._geoms = {o.name: np.flatnonzero(m.geom_bodyid == self._body[o.name]) for o in task.objects}
         self._geoms["gripper"] = np.array([m.geom(g).id for g in ("palm", "finger_l", "finger_r")])
         self._colors: dict[str, str] = {}
+        self._graspable = [o.name for o in task.objects if o.kind in GRASPABLE]
+        self._start_pos: dict[str, np.ndarray] = {}
+        self._max_lift: dict[str, float] = {}
+        self._max_push: dict[str, float] = {}
+        self._min_xy_dist: dict[str, float] = {}
 
         n = len(cameras)
         s = self.image_size
@@ -246,6 +253,32 @@ class TabletopEnv(gym.Env):
         """The object's colour this episode (distractors change colour per seed)."""
         return self._colors[name]
 
+    def engaged_object(self) -> str:
+        """Which object the gripper went for this episode, for failure analysis (not for success).
+
+        The graspable object lifted highest (> ENGAGE_MOVE), else the one pushed farthest, else the one
+        the end effector came nearest to in xy (< ENGAGE_NEAR), all since reset; else "none". Named objects are given by role
+        ("target"); distractors as "distractor <colour> <kind>".
+        """
+        for moved in (self._max_lift, self._max_push):
+            name = max(moved, key=moved.get, default=None)
+            if name is not None and moved[name] > ENGAGE_MOVE:
+                return self._object_label(name)
+        near = self._min_xy_dist
+        name = min(near, key=near.get, default=None)
+        return self._object_label(name) if name is not None and near[name] < ENGAGE_NEAR else "none"
+
+    def _object_label(self, name: str) -> str:
+        spec = self._objects[name]
+        return name if spec.color is not None else f"distractor {self.color(name)} {spec.kind}"
+
+    def _track_objects(self) -> None:
+        for n in self._graspable:
+            pos = self.pos(n)
+            self._max_lift[n] = max(self._max_lift.get(n, 0.0), float(pos[2] - self._start_pos[n][2]))
+            self._max_push[n] = max(self._max_push.get(n, 0.0), float(np.linalg.norm((pos - self._start_pos[n])[:2])))
+            self._min_xy_dist[n] = min(self._min_xy_dist.get(n, np.inf), float(np.linalg.norm((self.ee_pos - pos)[:2])))
+
     def touching(self, a: str, b: str) -> bool:
         """Whether objects `a` and `b` are in contact now; the name "gripper" means palm + fingers."""
         n = self.data.ncon
@@ -281,6 +314,8 @@ class TabletopEnv(gym.Env):
             d.qpos[a] = FINGER_OPEN
         d.ctrl[:] = FINGER_OPEN
         mujoco.mj_forward(m, d)
+        self._start_pos = {n: self.pos(n) for n in self._graspable}
+        self._max_lift, self._max_push, self._min_xy_dist = {}, {}, {}
         return self._obs(), {"is_success": False}
 
     def step(self, action):
@@ -294,7 +329,9 @@ class TabletopEnv(gym.Env):
         d.ctrl[:] = FINGER_OPEN * (1.0 - a[3]) / 2.0
         mujoco.mj_step(self.model, d, nstep=SUBSTEPS)
         success = bool(self.task.success(self))
-        return self._obs(), float(success), success, False, {"is_success": success}
+        self._track_objects()
+        return self._obs(), float(success), success, False, {"is_success": success,
+                                                             "engaged_object": self.engaged_object()}
 
     def render(self):
         """The scene camera frame, uint8 (render_size, render_size, 3), for videos."""

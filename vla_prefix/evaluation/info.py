@@ -4,7 +4,8 @@ Layout (format "vla-prefix-eval/1"):
 
     tasks:    {task_id: {instruction, success_rate, ci95: [lo, hi], n_episodes, n_successes,
                          mean_steps, mean_return, max_episode_steps, videos: [path, ...],
-                         episodes: [{seed, success, steps, return}, ...]}}
+                         episodes: [{seed, success, steps, return[, engaged_object]}, ...],
+                         failures_by_engaged_object: {label: count}  (where the env reports it)}}
     overall:  {success_rate, ci95: [lo, hi], n_tasks, n_episodes, ci95_wilson_pooled: [lo, hi], ci_method}
     settings: {n_action_steps, image_size, cameras, max_steps, seed_range, seed_offset, first_seed,
                num_envs, vector, video_episodes, ... whatever the caller adds (policy, backbone, prefix)}
@@ -18,6 +19,7 @@ of the policy and the settings.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from .rollout import RolloutResult
 from .stats import stratified_bootstrap, wilson_interval
@@ -53,6 +55,9 @@ def eval_info(result: RolloutResult, settings: dict | None = None, *, bootstrap_
             "videos": [_video_path(e.video, relative_to) for e in eps if e.video is not None],
             "episodes": [e.record() for e in eps],
         }
+        engaged = [e.engaged_object for e in eps if not e.success and e.engaged_object is not None]
+        if engaged:  # failure analysis: what the policy went for when it failed
+            tasks[task]["failures_by_engaged_object"] = dict(Counter(engaged).most_common())
     rate, lo, hi = stratified_bootstrap([[float(e.success) for e in eps] for eps in result.episodes.values()],
                                         n_resamples=bootstrap_resamples, seed=bootstrap_seed)
     n_all = sum(t["n_episodes"] for t in tasks.values())
@@ -88,5 +93,11 @@ def format_table(info: dict) -> str:
     lines = [f"{'task':<{width}}  success  95% CI          episodes", "-" * (width + 42)]
     for name, rate, (lo, hi), count in rows:
         lines.append(f"{name:<{width}}  {rate:7.3f}  [{lo:.3f}, {hi:.3f}]  {count}")
+    failures = {task: t["failures_by_engaged_object"] for task, t in info["tasks"].items()
+                if t.get("failures_by_engaged_object")}
+    if failures:
+        lines.append("\nfailed episodes, by what the gripper went for:")
+        lines += [f"  {task}: " + ", ".join(f"{label} {n}" for label, n in counts.items())
+                  for task, counts in failures.items()]
     return "\n".join(lines)
 

@@ -58,10 +58,12 @@ class Episode:
     steps: int
     reward_sum: float
     video: str | None = None
+    engaged_object: str | None = None  # what the gripper went for, where the env says (info["engaged_object"])
 
     def record(self) -> dict:
-        """The eval_info.json form: {seed, success, steps, return}."""
-        return {"seed": self.seed, "success": self.success, "steps": self.steps, "return": self.reward_sum}
+        """The eval_info.json form: {seed, success, steps, return[, engaged_object]}."""
+        rec = {"seed": self.seed, "success": self.success, "steps": self.steps, "return": self.reward_sum}
+        return rec if self.engaged_object is None else {**rec, "engaged_object": self.engaged_object}
 
 
 @dataclass
@@ -253,8 +255,9 @@ def rollout(
                 env_steps += 1
                 returns[i] += float(rewards[i])
                 if terminated[i] or truncated[i]:
+                    engaged = info["engaged_object"][i] if info.get("_engaged_object", [False] * n_slots)[i] else None
                     episodes[job.task][job.index] = Episode(job.task, job.seed, bool(info["is_success"][i]),
-                                                            int(steps[i]), returns[i], job.video)
+                                                            int(steps[i]), returns[i], job.video, engaged)
                     done.append(i)
                     bar.update(1)
             if done:

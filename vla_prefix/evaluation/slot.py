@@ -139,7 +139,10 @@ class EvalSlot(gym.Env):
         if done:
             self._flush_video()
             self._env = None  # the next call must be a reset
-        return obs, float(reward), bool(terminated or success), bool(truncated), {"is_success": success}
+        out = {"is_success": success}
+        if "engaged_object" in info:  # optional: what the gripper went for (failure analysis)
+            out["engaged_object"] = str(info["engaged_object"])
+        return obs, float(reward), bool(terminated or success), bool(truncated), out
 
     def close(self):
         self._flush_video()

@@ -5,6 +5,8 @@ Every task, in every suite, is a gymnasium env with
   (proprio = end-effector xyz + gripper opening; never object or goal state),
 - action: `Box(-1, 1, (4,), float32)` = end-effector delta xyz + gripper command,
 - `info["is_success"]` (bool) and a time limit,
+- optionally `info["engaged_object"]` (str): what the gripper went for, e.g. "target" or
+  "distractor yellow cube"; evaluation counts it over failed episodes (tabletop provides it),
 and a scripted expert that reads privileged simulator state.
 """
 
