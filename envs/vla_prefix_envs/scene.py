@@ -257,8 +257,8 @@ class TabletopEnv(gym.Env):
         """Which object the gripper went for this episode, for failure analysis (not for success).
 
         The graspable object lifted highest (> ENGAGE_MOVE), else the one pushed farthest, else the one
-        the end effector came nearest to in xy (< ENGAGE_NEAR), all since reset; else "none". Named objects are given by role
-        ("target"); distractors as "distractor <colour> <kind>".
+        the end effector came nearest to in xy (< ENGAGE_NEAR), all since reset; else "none". Named
+        objects are given by role ("target"); distractors as "distractor <colour> <kind>".
         """
         for moved in (self._max_lift, self._max_push):
             name = max(moved, key=moved.get, default=None)
@@ -273,11 +273,12 @@ class TabletopEnv(gym.Env):
         return name if spec.color is not None else f"distractor {self.color(name)} {spec.kind}"
 
     def _track_objects(self) -> None:
+        ee = self.ee_pos
         for n in self._graspable:
-            pos = self.pos(n)
-            self._max_lift[n] = max(self._max_lift.get(n, 0.0), float(pos[2] - self._start_pos[n][2]))
-            self._max_push[n] = max(self._max_push.get(n, 0.0), float(np.linalg.norm((pos - self._start_pos[n])[:2])))
-            self._min_xy_dist[n] = min(self._min_xy_dist.get(n, np.inf), float(np.linalg.norm((self.ee_pos - pos)[:2])))
+            pos, start = self.pos(n), self._start_pos[n]
+            self._max_lift[n] = max(self._max_lift.get(n, 0.0), float(pos[2] - start[2]))
+            self._max_push[n] = max(self._max_push.get(n, 0.0), float(np.linalg.norm((pos - start)[:2])))
+            self._min_xy_dist[n] = min(self._min_xy_dist.get(n, np.inf), float(np.linalg.norm((ee - pos)[:2])))
 
     def touching(self, a: str, b: str) -> bool:
         """Whether objects `a` and `b` are in contact now; the name "gripper" means palm + fingers."""
