@@ -5,7 +5,6 @@ Sections: setup -> data -> backbone and learner -> optimiser -> resume -> loop -
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
