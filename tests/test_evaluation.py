@@ -27,6 +27,7 @@ from vla_prefix.utils.hydra_app import check_overrides
 from vla_prefix.evaluation import eval_info, format_table, rollout, stratified_bootstrap, wilson_interval
 from vla_prefix.evaluation.stats import Z95
 from vla_prefix.policy import VLAPolicy
+from vla_prefix.quickstart import describe_failures
 from vla_prefix.prefix.config import PrefixConfig, StreamConfig
 from vla_prefix.prefix.io import save_prefix
 from vla_prefix.prefix.prefix_set import PrefixSet
@@ -229,6 +230,8 @@ def test_failures_are_counted_by_engaged_object():
     assert info["tasks"]["t"]["failures_by_engaged_object"] == {"distractor red ball": 2, "none": 1}
     assert info["tasks"]["t"]["episodes"][1]["engaged_object"] == "target"
     assert "t: distractor red ball 2, none 1" in format_table(info)
+    counts = {"distractor yellow cube": 6, "target": 2, "distractor red ball": 2, "none": 1}
+    assert describe_failures(counts) == "a distractor 8 (most often the yellow cube: 6), the target 2, nothing 1"
 
 
 def test_tabletop_rollout_reports_engaged_object():

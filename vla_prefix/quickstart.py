@@ -102,7 +102,9 @@ def run(cfg: QuickstartConfig) -> dict:
                            "ci95": r["tasks"][task.id]["ci95"], "n_episodes": r["overall"]["n_episodes"],
                            "eval_info": str(run_dir / ("eval_prefix" if name == "prefix-tuned" else "eval_base")
                                             / "eval_info.json"),
-                           "videos": r["tasks"][task.id].get("videos", [])} for name, r in results.items()},
+                           "videos": r["tasks"][task.id].get("videos", []),
+                           "failures_by_engaged_object": r["tasks"][task.id].get("failures_by_engaged_object", {})}
+                    for name, r in results.items()},
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     (run_dir / "quickstart.json").write_text(json.dumps(report, indent=2))
@@ -126,6 +128,11 @@ def format_report(r: dict, run_dir: Path) -> str:
     for name, res in r["results"].items():
         lo, hi = res["ci95"]
         lines.append(f"{name:<16} {res['success_rate']:>8.2f}  [{lo:.2f}, {hi:.2f}]      {res['n_episodes']:>8}")
+    failures = {name: res["failures_by_engaged_object"] for name, res in r["results"].items()
+                if res.get("failures_by_engaged_object")}
+    if failures:
+        lines += ["", "failed episodes, by what the gripper went for:"]
+        lines += [f"{name:<16} {describe_failures(counts)}" for name, counts in failures.items()]
     lines += [
         "",
         f"trainable: {r['trainable_params']:,} params = {r['trainable_pct']:.3f}% of the frozen backbone; "
@@ -136,6 +143,20 @@ def format_report(r: dict, run_dir: Path) -> str:
         f"summary: {run_dir / 'quickstart.json'}   ({r['wall_s']} s)",
     ]
     return "\n".join(lines)
+
+
+def describe_failures(counts: dict[str, int]) -> str:
+    """{"distractor yellow cube": 6, "distractor red ball": 2, "none": 1} ->
+    "a distractor 8 (most often the yellow cube: 6), nothing 1"."""
+    distractors = {k.removeprefix("distractor "): n for k, n in counts.items() if k.startswith("distractor ")}
+    parts = []
+    if distractors:
+        top = max(distractors, key=distractors.get)
+        parts.append(f"a distractor {sum(distractors.values())} (most often the {top}: {distractors[top]})")
+    parts += [f"the {k} {n}" for k, n in counts.items() if k != "none" and not k.startswith("distractor ")]
+    if "none" in counts:
+        parts.append(f"nothing {counts['none']}")
+    return ", ".join(parts)
 
 
 @hydra.main(config_path=None, config_name="quickstart", version_base=None)
