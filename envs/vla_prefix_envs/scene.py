@@ -204,11 +204,13 @@ class TabletopEnv(gym.Env):
         self._geoms = {o.name: np.flatnonzero(m.geom_bodyid == self._body[o.name]) for o in task.objects}
         self._geoms["gripper"] = np.array([m.geom(g).id for g in ("palm", "finger_l", "finger_r")])
         self._colors: dict[str, str] = {}
+        # failure analysis (engaged_object): per graspable object, since reset
         self._graspable = [o.name for o in task.objects if o.kind in GRASPABLE]
-        self._start_pos: dict[str, np.ndarray] = {}
-        self._max_lift: dict[str, float] = {}
-        self._max_push: dict[str, float] = {}
-        self._min_xy_dist: dict[str, float] = {}
+        self._graspable_body = np.array([self._body[n] for n in self._graspable], dtype=int)
+        self._start_pos = np.zeros((len(self._graspable), 3))
+        self._max_lift = np.zeros(len(self._graspable))  # metres above the start height
+        self._max_push = np.zeros(len(self._graspable))  # metres moved in xy
+        self._min_xy_dist = np.full(len(self._graspable), np.inf)  # closest end-effector approach in xy
 
         n = len(cameras)
         s = self.image_size
@@ -260,25 +262,24 @@ class TabletopEnv(gym.Env):
         the end effector came nearest to in xy (< ENGAGE_NEAR), all since reset; else "none". Named
         objects are given by role ("target"); distractors as "distractor <colour> <kind>".
         """
+        if not self._graspable:
+            return "none"
         for moved in (self._max_lift, self._max_push):
-            name = max(moved, key=moved.get, default=None)
-            if name is not None and moved[name] > ENGAGE_MOVE:
-                return self._object_label(name)
-        near = self._min_xy_dist
-        name = min(near, key=near.get, default=None)
-        return self._object_label(name) if name is not None and near[name] < ENGAGE_NEAR else "none"
+            if moved.max() > ENGAGE_MOVE:
+                return self._object_label(self._graspable[int(moved.argmax())])
+        i = int(self._min_xy_dist.argmin())
+        return self._object_label(self._graspable[i]) if self._min_xy_dist[i] < ENGAGE_NEAR else "none"
 
     def _object_label(self, name: str) -> str:
         spec = self._objects[name]
         return name if spec.color is not None else f"distractor {self.color(name)} {spec.kind}"
 
     def _track_objects(self) -> None:
-        ee = self.ee_pos
-        for n in self._graspable:
-            pos, start = self.pos(n), self._start_pos[n]
-            self._max_lift[n] = max(self._max_lift.get(n, 0.0), float(pos[2] - start[2]))
-            self._max_push[n] = max(self._max_push.get(n, 0.0), float(np.linalg.norm((pos - start)[:2])))
-            self._min_xy_dist[n] = min(self._min_xy_dist.get(n, np.inf), float(np.linalg.norm((ee - pos)[:2])))
+        pos = self.data.xpos[self._graspable_body]  # (k, 3)
+        np.maximum(self._max_lift, pos[:, 2] - self._start_pos[:, 2], out=self._max_lift)
+        np.maximum(self._max_push, np.linalg.norm(pos[:, :2] - self._start_pos[:, :2], axis=1), out=self._max_push)
+        ee_xy = self.data.site_xpos[self._ee_site][:2]
+        np.minimum(self._min_xy_dist, np.linalg.norm(pos[:, :2] - ee_xy, axis=1), out=self._min_xy_dist)
 
     def touching(self, a: str, b: str) -> bool:
         """Whether objects `a` and `b` are in contact now; the name "gripper" means palm + fingers."""
@@ -315,8 +316,8 @@ class TabletopEnv(gym.Env):
             d.qpos[a] = FINGER_OPEN
         d.ctrl[:] = FINGER_OPEN
         mujoco.mj_forward(m, d)
-        self._start_pos = {n: self.pos(n) for n in self._graspable}
-        self._max_lift, self._max_push, self._min_xy_dist = {}, {}, {}
+        self._start_pos = self.data.xpos[self._graspable_body].copy()
+        self._max_lift[:], self._max_push[:], self._min_xy_dist[:] = 0.0, 0.0, np.inf
         return self._obs(), {"is_success": False}
 
     def step(self, action):
