@@ -24,10 +24,10 @@ from backbones import backbone
 from vla_prefix.errors import ConfigError, FingerprintMismatchError, UnknownTaskError
 from vla_prefix.evaluate import EvalConfig, evaluate
 from vla_prefix.utils.hydra_app import check_overrides
-from vla_prefix.evaluation import eval_info, format_table, rollout, stratified_bootstrap, wilson_interval
+from vla_prefix.evaluation import (describe_failures, eval_info, format_table, rollout, stratified_bootstrap,
+                                   wilson_interval)
 from vla_prefix.evaluation.stats import Z95
 from vla_prefix.policy import VLAPolicy
-from vla_prefix.quickstart import describe_failures
 from vla_prefix.prefix.config import PrefixConfig, StreamConfig
 from vla_prefix.prefix.io import save_prefix
 from vla_prefix.prefix.prefix_set import PrefixSet

@@ -119,6 +119,8 @@ def _base_observation(base: str) -> dict:
 
 
 def format_report(r: dict, run_dir: Path) -> str:
+    from .evaluation import describe_failures
+
     lines = [
         "",
         f"held-out task: {r['task']}  (\"{r['instruction']}\"), {r['n_demos']} demos, {r['steps']} prefix steps",
@@ -143,20 +145,6 @@ def format_report(r: dict, run_dir: Path) -> str:
         f"summary: {run_dir / 'quickstart.json'}   ({r['wall_s']} s)",
     ]
     return "\n".join(lines)
-
-
-def describe_failures(counts: dict[str, int]) -> str:
-    """{"distractor yellow cube": 6, "distractor red ball": 2, "none": 1} ->
-    "a distractor 8 (most often the yellow cube: 6), nothing 1"."""
-    distractors = {k.removeprefix("distractor "): n for k, n in counts.items() if k.startswith("distractor ")}
-    parts = []
-    if distractors:
-        top = max(distractors, key=distractors.get)
-        parts.append(f"a distractor {sum(distractors.values())} (most often the {top}: {distractors[top]})")
-    parts += [f"the {k} {n}" for k, n in counts.items() if k != "none" and not k.startswith("distractor ")]
-    if "none" in counts:
-        parts.append(f"nothing {counts['none']}")
-    return ", ".join(parts)
 
 
 @hydra.main(config_path=None, config_name="quickstart", version_base=None)

@@ -101,3 +101,16 @@ def format_table(info: dict) -> str:
                   for task, counts in failures.items()]
     return "\n".join(lines)
 
+
+def describe_failures(counts: dict[str, int]) -> str:
+    """{"distractor yellow cube": 6, "distractor red ball": 2, "none": 1} ->
+    "a distractor 8 (most often the yellow cube: 6), nothing 1"."""
+    distractors = {k.removeprefix("distractor "): n for k, n in counts.items() if k.startswith("distractor ")}
+    parts = []
+    if distractors:
+        top = max(distractors, key=distractors.get)
+        parts.append(f"a distractor {sum(distractors.values())} (most often the {top}: {distractors[top]})")
+    parts += [f"the {k} {n}" for k, n in counts.items() if k != "none" and not k.startswith("distractor ")]
+    if "none" in counts:
+        parts.append(f"nothing {counts['none']}")
+    return ", ".join(parts)
