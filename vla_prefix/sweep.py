@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, closest, cli_errors
 from .utils.atomic import atomic_write_bytes, atomic_write_json
+from .utils.results_file import load_frozen_results
 
 RESULTS = "sweep_results.json"
 PLOT = "success_vs_prefix_length.png"
@@ -425,21 +426,8 @@ def _offline_run(run_dir: Path, run_id: str, group: str, project: str, config: d
 
 def load_results(path: Path, fixed: dict) -> dict:
     """The results so far (resume), or a new, empty one. Refuses a file made with other fixed settings."""
-    if not path.exists():
-        return {"format": FORMAT, "fixed": fixed, "rows": []}
-    try:
-        results = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path} is not valid JSON; move it away to start the sweep afresh") from None
-    if results.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a sweep results file ({FORMAT}); choose another out=")
-    old = json.loads(json.dumps(results.get("fixed")))
-    if old != json.loads(json.dumps(fixed)):
-        changed = sorted(k for k in set(old) | set(fixed) if old.get(k) != fixed.get(k))
-        raise ConfigError(f"{path} holds runs made with other settings ({', '.join(changed)}: "
-                          f"{[old.get(k) for k in changed]} there, {[fixed.get(k) for k in changed]} now); "
-                          "choose another out= to keep both")
-    return results
+    return load_frozen_results(path, FORMAT, "fixed", fixed, {"format": FORMAT, "fixed": fixed, "rows": []},
+                               "sweep results file", "choose another out=")
 
 
 # ---------------------------------------------------------------------------- reporting

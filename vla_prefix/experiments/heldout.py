@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError, cli_errors, closest
 from ..utils.atomic import atomic_write_json
 from ..utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra, to_dataclass
+from ..utils.results_file import load_frozen_results
 from .records import Ledger, pooled, summarize
 
 FORMAT = "vla-prefix-heldout/1"
@@ -194,21 +195,9 @@ def protocol(cfg: HeldoutConfig, base_fingerprint: str, forgetting_ids: list[str
 
 def load_results(path: Path, proto: dict) -> dict:
     """The results so far (resume), or a new file's skeleton. Refuses a file made with another protocol."""
-    if not path.exists():
-        return {"format": FORMAT, "protocol": proto, "runs": [], "records": []}
-    try:
-        results = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path} is not valid JSON; move it away to start afresh") from None
-    if results.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a held-out results file ({FORMAT}); choose another results=")
-    old, new = results["protocol"], json.loads(json.dumps(proto))
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        diff = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
-        raise ConfigError(f"{path} holds results of another protocol ({diff}); pass results=<new file> and "
-                          "out=<new folder> to keep both (the protocol is frozen per file)")
-    return results
+    return load_frozen_results(path, FORMAT, "protocol", proto, {"format": FORMAT, "protocol": proto, "runs": [],
+                               "records": []}, "held-out results file",
+                               "pass results=<new file> and out=<new folder> (the protocol is frozen per file)")
 
 
 # ---------------------------------------------------------------------------- one experiment

@@ -1,0 +1,33 @@
+"""Resumable results files: a JSON whose frozen settings must match the run that appends to it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def load_frozen_results(path: Path, fmt: str, section: str, settings: dict, empty: dict, what: str,
+                        fix: str) -> dict:
+    """The results so far (resume), or `empty` when `path` does not exist.
+
+    Refuses a file of another `format`, and one whose `section` (the settings that change results)
+    differs from `settings`: each changed key is named with its old and new value. `fix` tells the
+    user how to start another file (e.g. "choose another out=").
+    """
+    if not path.exists():
+        return empty
+    try:
+        results = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON; move it away to start afresh") from None
+    if results.get("format") != fmt:
+        raise ConfigError(f"{path} is not a {what} ({fmt}); {fix}")
+    old, new = json.loads(json.dumps(results.get(section) or {})), json.loads(json.dumps(settings))
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
+        raise ConfigError(f"{path} holds results made with other settings (another {section}: {diff}); "
+                          f"{fix} to keep both")
+    return results
