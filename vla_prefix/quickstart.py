@@ -73,7 +73,7 @@ def run(cfg: QuickstartConfig) -> dict:
                           "data.path=<pretrain demos> out_dir=<dir>` (see README) and pass base=<dir>/base")
     run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")
 
-    print(f"[1/4] demos: {cfg.n_demos} expert episodes of {task.id} -> {cfg.data}", flush=True)
+    print(f"[1/4] demos: {cfg.n_demos} expert episodes of {task.id} -> {_shown(cfg.data)}", flush=True)
     collect({"suite": task.suite, "task": task.id, "n_demos": cfg.n_demos, "out": cfg.data,
              "action_noise": cfg.action_noise,
              **_base_observation(cfg.base), "workers": 2, "progress": False})
@@ -118,6 +118,12 @@ def _base_observation(base: str) -> dict:
     return {"image_size": int(recipe["vision"]["img_size"]), "cameras": recipe["config"].get("cameras")}
 
 
+def _shown(path) -> str:
+    """`path` relative to the working directory when it lies under it (shorter lines), else as given."""
+    path = Path(path)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def format_report(r: dict, run_dir: Path) -> str:
     from .evaluation import describe_failures
 
@@ -130,6 +136,7 @@ def format_report(r: dict, run_dir: Path) -> str:
     for name, res in r["results"].items():
         lo, hi = res["ci95"]
         lines.append(f"{name:<16} {res['success_rate']:>8.2f}  [{lo:.2f}, {hi:.2f}]      {res['n_episodes']:>8}")
+    eval_info = Path(r["results"]["prefix-tuned"]["eval_info"])
     failures = {name: res["failures_by_engaged_object"] for name, res in r["results"].items()
                 if res.get("failures_by_engaged_object")}
     if failures:
@@ -139,10 +146,10 @@ def format_report(r: dict, run_dir: Path) -> str:
         "",
         f"trainable: {r['trainable_params']:,} params = {r['trainable_pct']:.3f}% of the frozen backbone; "
         f"prefix file {r['prefix_bytes'] / 1024:.0f} KB",
-        f"prefix:  {r['prefix_file']}",
-        f"json:    {r['results']['prefix-tuned']['eval_info']}",
-        f"videos:  {', '.join(str(Path(r['results']['prefix-tuned']['eval_info']).parent / v) for v in r['results']['prefix-tuned']['videos'][:2])}",
-        f"summary: {run_dir / 'quickstart.json'}   ({r['wall_s']} s)",
+        f"prefix:  {_shown(r['prefix_file'])}",
+        f"json:    {_shown(eval_info)}",
+        f"videos:  {', '.join(_shown(eval_info.parent / v) for v in r['results']['prefix-tuned']['videos'][:2])}",
+        f"summary: {_shown(run_dir / 'quickstart.json')}   ({r['wall_s']} s)",
     ]
     return "\n".join(lines)
 
