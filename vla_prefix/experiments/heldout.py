@@ -195,9 +195,9 @@ def protocol(cfg: HeldoutConfig, base_fingerprint: str, forgetting_ids: list[str
 
 def load_results(path: Path, proto: dict) -> dict:
     """The results so far (resume), or a new file's skeleton. Refuses a file made with another protocol."""
-    return load_frozen_results(path, FORMAT, "protocol", proto, {"format": FORMAT, "protocol": proto, "runs": [],
-                               "records": []}, "held-out results file",
-                               "pass results=<new file> and out=<new folder> (the protocol is frozen per file)")
+    empty = {"format": FORMAT, "protocol": proto, "runs": [], "records": []}
+    return load_frozen_results(path, FORMAT, "protocol", proto, empty, "held-out results file",
+                               "pass results=<new file> and out=<new folder>")
 
 
 # ---------------------------------------------------------------------------- one experiment
