@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import eval_tiny_task  # noqa: F401  (registers the evaltiny suite)
@@ -21,7 +24,7 @@ import tiny_task  # noqa: F401  (registers the tiny suite)
 import torch
 
 from backbones import backbone
-from vla_prefix.errors import ConfigError, FingerprintMismatchError, UnknownTaskError
+from vla_prefix.errors import ConfigError, FingerprintMismatchError, UnknownTaskError, cli_errors
 from vla_prefix.evaluate import EvalConfig, evaluate
 from vla_prefix.utils.hydra_app import check_overrides
 from vla_prefix.evaluation import (describe_failures, eval_info, format_table, rollout, stratified_bootstrap,
@@ -329,3 +332,39 @@ def test_cli_prints_one_line_for_a_missing_backbone(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: backbone=")
+
+
+def test_cli_errors_turn_user_errors_and_ctrl_c_into_one_line_each(capsys):
+    def fail(exc):
+        raise exc
+
+    with pytest.raises(SystemExit) as stop:
+        cli_errors(fail)(ConfigError("n_episodes=0: use n_episodes>=1"))
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: n_episodes=0: use n_episodes>=1\n"
+    with pytest.raises(SystemExit) as stop:
+        cli_errors(interrupted="interrupted; rerun to resume")(fail)(KeyboardInterrupt())
+    assert stop.value.code == 130 and capsys.readouterr().err == "interrupted; rerun to resume\n"
+    with pytest.raises(ValueError):  # a bug is not a user mistake: its traceback stays
+        cli_errors(fail)(ValueError("bug"))
+
+def test_ctrl_c_stops_an_async_evaluation_with_one_line(saved, tmp_path):
+    """Ctrl-C signals the whole process group: the env workers ignore it, the parent closes them and
+    prints one line (exit 130), with no traceback from any process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "vla_prefix.evaluate", f"backbone={saved / 'base'}", "prefix=null", "suite=tiny",
+           f"task={RED}", "task_modules=[tiny_task]", "n_episodes=1000", "num_envs=2", "video_episodes=0",
+           "progress=true", f"out={tmp_path / 'out'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    stderr = b""
+    deadline = time.monotonic() + 120
+    while b"episode/s" not in stderr and b"episode]" not in stderr:  # tqdm draws once the workers run
+        assert time.monotonic() < deadline and proc.poll() is None, stderr.decode()[-2000:]
+        if select.select([proc.stderr], [], [], 1.0)[0]:
+            stderr += os.read(proc.stderr.fileno(), 4096)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, rest = proc.communicate(timeout=60)
+    lines = (stderr + rest).decode().replace("\r", "\n").strip().splitlines()
+    assert proc.returncode == 130, lines[-20:]
+    assert not any("Traceback" in line for line in lines), lines
+    assert lines[-1].startswith("interrupted; the files already written are complete")
+    assert not (tmp_path / "out" / "eval_info.json").exists()

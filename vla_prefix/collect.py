@@ -433,8 +433,11 @@ def _summary(writer: DatasetWriter, cfg: CollectConfig, spec: dict, seconds: flo
 # ---------------------------------------------------------------------------- command line
 
 
+INTERRUPTED = "interrupted; every episode listed so far is kept: rerun the same command to resume"
+
+
 @hydra.main(version_base=None, config_name="collect")
-@cli_errors
+@cli_errors(interrupted=INTERRUPTED)
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs an INFO line about its accelerator
     summary = collect(cfg)
@@ -445,14 +448,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     )
 
 
-@cli_errors
+@cli_errors(interrupted=INTERRUPTED)
 def main() -> None:
     check_overrides(sys.argv[1:], CollectConfig)
-    try:
-        _hydra_main()
-    except KeyboardInterrupt:
-        print("interrupted; every episode listed so far is kept: rerun the same command to resume", file=sys.stderr)
-        raise SystemExit(130) from None
+    _hydra_main()
 
 
 if __name__ == "__main__":

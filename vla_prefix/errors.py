@@ -48,8 +48,15 @@ def closest(name: str, choices, n: int = 3) -> list[str]:
     return hits
 
 
-def cli_errors(main):
-    """Decorator for CLI entry points: a `VLAPrefixError` prints one line and exits 2."""
+INTERRUPTED = "interrupted; the files already written are complete (each is written atomically)"
+
+
+def cli_errors(main=None, *, interrupted: str = INTERRUPTED):
+    """Decorator for CLI entry points: a `VLAPrefixError` prints one line and exits 2; Ctrl-C prints
+    `interrupted` (what is kept, how to resume) and exits 130. Use as `@cli_errors` or
+    `@cli_errors(interrupted="...")`."""
+    if main is None:
+        return functools.partial(cli_errors, interrupted=interrupted)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -58,5 +65,8 @@ def cli_errors(main):
         except VLAPrefixError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print(interrupted, file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper

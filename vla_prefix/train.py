@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base=None)
-@cli_errors
+@cli_errors(interrupted="interrupted; continue from the last checkpoint: rerun with resume=true out_dir=<this run>")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import multiprocessing
 import os
+import signal
 from collections import OrderedDict
 
 import gymnasium as gym
@@ -52,6 +54,8 @@ class EvalSlot(gym.Env):
         self._fps = 20.0
         self._ready = False
         self._idle = {k: np.zeros(s.shape, s.dtype) for k, s in observation_space.spaces.items()}
+        if in_worker and multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes the workers
 
     # ---------------------------------------------------------------- task envs
     def _prepare(self) -> None:
