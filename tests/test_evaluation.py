@@ -347,6 +347,7 @@ def test_cli_errors_turn_user_errors_and_ctrl_c_into_one_line_each(capsys):
     with pytest.raises(ValueError):  # a bug is not a user mistake: its traceback stays
         cli_errors(fail)(ValueError("bug"))
 
+
 def test_ctrl_c_stops_an_async_evaluation_with_one_line(saved, tmp_path):
     """Ctrl-C signals the whole process group: the env workers ignore it, the parent closes them and
     prints one line (exit 130), with no traceback from any process."""
@@ -362,7 +363,7 @@ def test_ctrl_c_stops_an_async_evaluation_with_one_line(saved, tmp_path):
         if select.select([proc.stderr], [], [], 1.0)[0]:
             stderr += os.read(proc.stderr.fileno(), 4096)
     os.killpg(proc.pid, signal.SIGINT)
-    out, rest = proc.communicate(timeout=60)
+    _, rest = proc.communicate(timeout=60)
     lines = (stderr + rest).decode().replace("\r", "\n").strip().splitlines()
     assert proc.returncode == 130, lines[-20:]
     assert not any("Traceback" in line for line in lines), lines

@@ -2,7 +2,8 @@
 
 Every mistake a user can make (bad config, unknown task, missing GL backend, corrupt file)
 raises a subclass of `VLAPrefixError` whose message says what is wrong and how to fix it.
-The command-line apps print that message alone, with no traceback, and exit with status 2.
+The command-line apps print that message alone, with no traceback, and exit with status 2; Ctrl-C
+prints one line (what is kept, how to resume) and exits with status 130.
 """
 
 from __future__ import annotations
