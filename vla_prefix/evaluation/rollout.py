@@ -190,10 +190,6 @@ def rollout(
     use_async = vector == "async" and n_slots > 1
     make_slot = [functools.partial(EvalSlot, i, spec["observation_space"], action_space, env_kwargs, max_steps,
                                    _modules_for(tasks, task_modules), video_size, use_async) for i in range(n_slots)]
-    if use_async:  # spawn: forking a process that holds GL contexts and torch threads is unsafe
-        venv = AsyncVectorEnv(make_slot, context="spawn", autoreset_mode=AutoresetMode.DISABLED)
-    else:
-        venv = SyncVectorEnv(make_slot, autoreset_mode=AutoresetMode.DISABLED)
 
     instructions = {t.id: t.instruction for t in tasks}
     by_task = bool(getattr(policy, "task_conditioned", False))
@@ -204,7 +200,6 @@ def rollout(
     returns = [0.0] * n_slots
     chunk_steps = n_action_steps
     calls = env_steps = 0
-    bar = _progress(len(jobs), progress)
 
     def assign(slots: list[int]):
         """Give each slot its next job (or idle it) and reset those slots. -> the batched observations."""
@@ -219,7 +214,13 @@ def rollout(
         mask[slots] = True
         return venv.reset(seed=seeds_, options={"assign": assignment, "reset_mask": mask})[0]
 
-    try:
+    if use_async:  # spawn: forking a process that holds GL contexts and torch threads is unsafe
+        venv = AsyncVectorEnv(make_slot, context="spawn", autoreset_mode=AutoresetMode.DISABLED)
+    else:
+        venv = SyncVectorEnv(make_slot, autoreset_mode=AutoresetMode.DISABLED)
+    bar = _NoBar()
+    try:  # from here on, Ctrl-C (or an error) closes the env workers and ends the progress line
+        bar = _progress(len(jobs), progress)
         obs = assign(list(range(n_slots)))
         while any(job is not None for job in running):
             need = [i for i, job in enumerate(running) if job is not None and not queues[i]]
