@@ -264,8 +264,8 @@ def rollout(
             if done:
                 obs = assign(done)
     finally:
-        venv.close()
         bar.close()
+        venv.close()
 
     settings = {
         "n_action_steps": chunk_steps,
