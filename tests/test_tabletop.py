@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -185,6 +186,28 @@ def test_expert_succeeds_random_fails(task_id):
     rng = np.random.default_rng(0)
     wins = sum(rollout(env, lambda obs: rng.uniform(-1, 1, 4).astype(np.float32), s)[0] for s in (200, 201))
     assert wins == 0
+
+
+@pytest.mark.parametrize("task_id", ["tabletop-pick-place-red-cube-v0", "tabletop-push-red-cube-v0"])
+def test_expert_acts_on_the_phase_it_ends_the_step_in(task_id):
+    """Markov labels: asking the expert again, in the same state, gives the same action and no switch
+    (an expert that returned the old phase's action at a switch fails this at every switch)."""
+    env = small_env(task_id)
+    expert = make_expert(task_id)
+    expert.reset()
+    obs, _ = env.reset(seed=100)
+    phases, done = [expert.phase], False
+    while not done:
+        action = expert.act(env.unwrapped, obs)
+        probe = copy.deepcopy(expert)
+        again = probe.phase_action(env.unwrapped)
+        assert probe.phase == expert.phase, f"step {len(phases)}: {expert.phase} -> {probe.phase}"
+        np.testing.assert_array_equal(again, action)
+        phases.append(expert.phase)
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    assert info["is_success"]
+    assert sum(a != b for a, b in zip(phases, phases[1:])) >= 2  # the episode did cross phase switches
 
 
 def test_async_vector_env_with_default_fork_start():

@@ -284,6 +284,7 @@ def _task_meta(task: registry.TaskInfo, cfg: CollectConfig, spec: dict) -> dict:
         "versions": versions,
         "seed_range": "train",
         "seed_offset": cfg.seed_offset,
+        "expert_version": task.extra.get("expert_version"),  # None: the suite does not version its experts
     }
 
 

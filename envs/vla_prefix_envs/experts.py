@@ -3,6 +3,11 @@
 Each expert: `reset()`, then `act(env, obs) -> float32 (4,)` per step (the env's action format:
 end-effector delta xyz in units of MAX_STEP, gripper -1 open / +1 close). They are closed-loop:
 a dropped object or a cube that slid off the pushing line is approached again.
+
+They are Markov at phase switches: the step that completes a phase already acts on the next one, so
+one observation never gets the old phase's action on one step and the new phase's on the next.
+EXPERT_VERSION names the labels; bump it whenever an expert's actions change (a dataset collected
+with another version can't be extended).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from .scene import BALL_RADIUS, CUBE_HALF, MAX_STEP, TabletopEnv
 OPEN, CLOSE = -1.0, 1.0
 HOVER = 0.07  # end-effector height above an object's centre before descending (metres)
 CARRY_Z = 0.12  # end-effector height while carrying (metres)
+EXPERT_VERSION = 2  # 1: acted on the old phase at a switch; 2: Markov at switches
 
 
 def move(env: TabletopEnv, target: np.ndarray, grip: float, speed: float = 1.0) -> np.ndarray:
@@ -28,6 +34,18 @@ def move(env: TabletopEnv, target: np.ndarray, grip: float, speed: float = 1.0) 
 
 def half_height(env: TabletopEnv, name: str) -> float:
     return CUBE_HALF if env.kind(name) == "cube" else BALL_RADIUS
+
+
+def act_in_final_phase(expert, env: TabletopEnv, max_switches: int = 8) -> np.ndarray:
+    """`expert.phase_action(env)`, asked again after each phase switch, so the action returned is
+    the phase's the expert ends the step in (the labels stay Markov at switches)."""
+    for _ in range(max_switches + 1):
+        phase = expert.phase
+        action = expert.phase_action(env)
+        if expert.phase == phase:
+            return action
+    raise RuntimeError(f"{type(expert).__name__} switched phase {max_switches} times in one step "
+                       f"(last: {phase} -> {expert.phase}); its phase conditions loop")
 
 
 class ReachExpert:
@@ -60,8 +78,12 @@ class PickPlaceExpert:
         self.phase, self.count = phase, 0
 
     def act(self, env: TabletopEnv, obs: dict) -> np.ndarray:
-        ee, obj, dest = env.ee_pos, env.pos(self.obj), env.pos(self.dest)
         self.count += 1
+        return act_in_final_phase(self, env)
+
+    def phase_action(self, env: TabletopEnv) -> np.ndarray:
+        """The current phase's action (4,); may switch phase first or instead (then `act` asks again)."""
+        ee, obj, dest = env.ee_pos, env.pos(self.obj), env.pos(self.dest)
         held = env.touching(self.obj, "gripper") and obj[2] > half_height(env, self.obj) + 0.01
         if self.phase in ("lift", "carry", "lower") and not held and self.count > 3:
             self._go("approach")  # dropped it
@@ -122,6 +144,10 @@ class PushExpert:
         self.phase = "line_up"
 
     def act(self, env: TabletopEnv, obs: dict) -> np.ndarray:
+        return act_in_final_phase(self, env)
+
+    def phase_action(self, env: TabletopEnv) -> np.ndarray:
+        """The current phase's action (4,); may switch phase first or instead (then `act` asks again)."""
         ee, obj, dest = env.ee_pos, env.pos(self.obj), env.pos(self.dest)
         d = dest[:2] - obj[:2]
         u = d / max(np.linalg.norm(d), 1e-6)

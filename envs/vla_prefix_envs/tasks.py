@@ -30,7 +30,7 @@ import numpy as np
 
 from vla_prefix.sim.registry import TaskInfo, register_split, register_task
 
-from .experts import PickPlaceExpert, PushExpert, ReachExpert
+from .experts import EXPERT_VERSION, PickPlaceExpert, PushExpert, ReachExpert
 from .scene import BOWL_FLOOR, BOWL_INNER, CUBE_HALF, FOOTPRINT, ZONE_RADIUS, TabletopEnv
 from .spec import ObjectSpec, TabletopTaskSpec
 
@@ -142,7 +142,8 @@ def task_info(spec: TabletopTaskSpec) -> TaskInfo:
         instruction=spec.instruction,
         paraphrases=tuple(spec.paraphrases),
         max_episode_steps=spec.max_episode_steps,
-        extra={"objects": [(o.name, o.kind, o.color) for o in spec.objects], **spec.extra},
+        extra={"objects": [(o.name, o.kind, o.color) for o in spec.objects], "expert_version": EXPERT_VERSION,
+               **spec.extra},
     )
 
 

@@ -363,11 +363,13 @@ class DatasetWriter:
                    "expert_success_rate": None}  # fmt: skip
             self.index["tasks"][task] = rec
             self.flush()
-        elif rec.get("seed_offset") != meta.get("seed_offset"):
-            raise ConfigError(
-                f"task {task!r} in out={self.root} was collected from seed_offset={rec.get('seed_offset')}, "
-                f"not {meta.get('seed_offset')}; use the same seed_offset or another `out`"
-            )
+        else:
+            fixes = {"seed_offset": "use the same seed_offset or another `out`",
+                     "expert_version": "the expert's actions have changed since; collect into a new `out`"}
+            for key, fix in fixes.items():  # a task's demos must all come from one setting
+                if rec.get(key) != meta.get(key):
+                    raise ConfigError(f"task {task!r} in out={self.root} was collected with {key}="
+                                      f"{rec.get(key)}, not {meta.get(key)}; {fix}")
         return rec
 
     def resolved_seeds(self, task: str) -> set[int]:
