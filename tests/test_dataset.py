@@ -112,7 +112,7 @@ def test_incompatible_or_foreign_folders_are_refused_untouched(tmp_path):
     with pytest.raises(ConfigError, match="cameras"):
         DatasetWriter(root, {**SPEC, "cameras": ["top"], "n_cameras": 1})
     with DatasetWriter(root, SPEC) as w:  # demos from another expert version or seed offset are not mixed in
-        with pytest.raises(ConfigError, match="expert_version=None, not 2; the expert's actions have changed"):
+        with pytest.raises(ConfigError, match="expert_version=None, not 2; the expert.s actions have changed"):
             w.add_task("task-a-v0", {"instruction": "do a", "seed_offset": 0, "expert_version": 2})
         with pytest.raises(ConfigError, match="seed_offset=0, not 5; use the same seed_offset"):
             w.add_task("task-a-v0", {"instruction": "do a", "seed_offset": 5})

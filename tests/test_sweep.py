@@ -12,6 +12,7 @@ import yaml
 from conftest import HELDOUT_TASK
 from vla_prefix import sweep
 from vla_prefix.errors import ConfigError
+from vla_prefix.models.vla import VLA
 from vla_prefix.training.config import CONF_DIR
 
 SWEEP_FILE = CONF_DIR / "sweep" / "prefix_length.yaml"
@@ -105,6 +106,12 @@ def test_local_sweep_runs_logs_resumes_and_plots(tabletop_demos, tiny_base, tmp_
     # other fixed settings in the same out are refused: nothing is overwritten
     with pytest.raises(ConfigError, match="other settings"):
         sweep.run_sweep(file, {**cli, "n_episodes": "3"})
+    # and so is a base retrained in place (same path, other weights)
+    assert on_disk["fixed"]["base_fingerprint"] == VLA.from_pretrained(tiny_base).fingerprint()
+    other_base = {**on_disk["fixed"], "base_fingerprint": "0" * 16}
+    (out / sweep.RESULTS).write_text(json.dumps({**on_disk, "fixed": other_base}))
+    with pytest.raises(ConfigError, match="another fixed: base_fingerprint: '0000000000000000' there"):
+        sweep.run_sweep(file, cli)
 
 
 @pytest.mark.parametrize("content,cli,match", [

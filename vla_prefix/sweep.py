@@ -386,6 +386,10 @@ def run_sweep(sweep_file: str | os.PathLike, cli: dict[str, str] | None = None) 
         jobs.append((params, job_settings, train_cfg))
 
     fixed_record = {**{k: getattr(settings, k) for k in RESULT_SETTINGS if k not in grid}, **fixed_overrides}
+    if "base" not in grid:  # a base retrained in place must not resume onto rows measured with the old one
+        from .models.vla import VLA
+
+        fixed_record["base_fingerprint"] = VLA.from_pretrained(settings.base).fingerprint()
     results = load_results(out / RESULTS, fixed_record)
     results.update({"sweep": str(sweep_file), "metric": config.get("metric"), "grid": grid})
     done = {row["run"] for row in results["rows"]}

@@ -365,7 +365,7 @@ class DatasetWriter:
             self.flush()
         else:
             fixes = {"seed_offset": "use the same seed_offset or another `out`",
-                     "expert_version": "the expert's actions have changed since; collect into a new `out`"}
+                     "expert_version": "the expert's actions have changed since: delete those demos or use another `out`"}
             for key, fix in fixes.items():  # a task's demos must all come from one setting
                 if rec.get(key) != meta.get(key):
                     raise ConfigError(f"task {task!r} in out={self.root} was collected with {key}="
