@@ -37,8 +37,8 @@ def half_height(env: TabletopEnv, name: str) -> float:
 
 
 def act_in_final_phase(expert, env: TabletopEnv, max_switches: int = 8) -> np.ndarray:
-    """`expert.phase_action(env)`, asked again after each phase switch, so the action returned is
-    the phase's the expert ends the step in (the labels stay Markov at switches)."""
+    """The action (4,) of the phase the expert ends this step in: `expert.phase_action(env)`, asked
+    again after each phase switch (so the labels stay Markov at switches)."""
     for _ in range(max_switches + 1):
         phase = expert.phase
         action = expert.phase_action(env)
