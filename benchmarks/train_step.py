@@ -1,8 +1,9 @@
 """Seconds per training step, per mode, on the default backbone and batch (B=64), side by side.
 
-Modes measured in one run, interleaved: `full` (everything trains), `prefix` (the default config:
-deep 10+10 prefix pair, visual prefix at the trunk, frozen-encoder features cached), `lora` (PEFT on
-the trunk), and `prefix` with the visual prefix inside the ViT (`prefix_encoder_site`, no caching).
+Modes measured in one run, interleaved: `full` (everything trains), `prefix` (the default config,
+conf/prefix/deep.yaml: a deep 10+10 prefix pair through its reparameterisation MLP, visual prefix at
+the trunk, frozen-encoder features cached), `lora` (PEFT on the trunk), and `prefix` with the visual
+prefix inside the ViT (`prefix_encoder_site`, conf/prefix/encoder.yaml, no caching).
 FLOPs are counted with torch.utils.flop_counter; the fp32 GEMM peak is measured in the same run with
 the same thread count, so `mfu_pct` = achieved / peak for full fine-tuning.
 
@@ -23,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_backbone, interleaved_medians, synthetic_batch, write_result  # noqa: E402
 
-from vla_prefix.prefix.config import PrefixConfig, StreamConfig  # noqa: E402
+from vla_prefix.training.config import compose_train_config  # noqa: E402
 from vla_prefix.training.config import LoraSettings  # noqa: E402
 from vla_prefix.training.modes import make_learner  # noqa: E402
 
@@ -74,9 +75,8 @@ def main() -> None:
     batch["task_index"] = torch.zeros(args.batch, dtype=torch.long)
     with torch.no_grad():
         cached = dict(batch, visual_features=base.encode_images(batch["image"]))
-    deep = PrefixConfig(StreamConfig(length=10, depth="deep"), StreamConfig(length=10, depth="deep"))
-    encoder = PrefixConfig(StreamConfig(length=10, depth="deep", site="encoder", init="random"),
-                           StreamConfig(length=10, depth="deep"))
+    deep = compose_train_config(["data.path=unused"]).prefix  # conf/prefix/deep.yaml, as `mode=prefix` trains
+    encoder = compose_train_config(["data.path=unused", "prefix=encoder"]).prefix
     instr = {TASK: "put the yellow ball in the bowl"}
 
     def learner(mode, prefix=deep):

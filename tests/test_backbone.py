@@ -71,6 +71,41 @@ def test_every_promise_of_the_mask_by_perturbation(family, attn):
     assert changed(s, READOUT_BLOCK)
 
 
+def test_language_first_order_lets_the_visual_tokens_read_the_instruction(tmp_path):
+    """stream_order=language_first: [P_lang | instruction | P_vis | visual | ...]; vision sees language, not the reverse."""
+    from backbones import CORPUS, model_config
+    from vla_prefix.models import build_backbone
+
+    cfg = model_config("llama")
+    cfg.config.stream_order = "language_first"
+    vla = build_backbone(cfg, corpus=CORPUS).eval()
+    b = batch(vla, 2)
+    prefix_cfg = PrefixConfig(StreamConfig(length=3, depth="deep"), StreamConfig(length=2, depth="shallow"))
+    prefix = PrefixSet(prefix_cfg, vla, seed=0)
+    hidden, blocks = vla.sequence_states(b, prefix())
+    language, visual = blocks == 0, blocks == 1
+    assert int(language.sum()) == 2 + b["instruction_ids"].shape[1] and int(visual.sum()) == vla.vision.n_patches
+
+    def moved(other_batch, other_prefix, where):
+        return not torch.allclose(vla.sequence_states(other_batch, other_prefix)[0][:, where], hidden[:, where], atol=1e-6)
+
+    ids = b["instruction_ids"].clone()
+    ids[:, 0] = (ids[:, 0] + 7) % len(vla.tokenizer)
+    assert moved(dict(b, instruction_ids=ids), prefix(), visual)  # the visual tokens read the instruction
+    assert not moved(dict(b, image=255 - b["image"]), prefix(), language)  # the instruction never sees the image
+    with torch.no_grad():
+        prefix.streams["visual"].raw.add_(1.0)
+    assert not moved(b, prefix(), language) and moved(b, prefix(), visual)
+
+    vla.save_pretrained(tmp_path / "base")
+    loaded = VLA.from_pretrained(tmp_path / "base")
+    assert loaded.config.stream_order == "language_first"
+    assert torch.equal(loaded.predict_actions(b), vla.predict_actions(b))
+    cfg.config.stream_order = "images_first"
+    with pytest.raises(ConfigError, match="stream_order='images_first'"):
+        build_backbone(cfg, corpus=CORPUS)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bidirectional_within_a_block(family):
     """The first instruction token sees the last one, in decoder and encoder trunks alike."""

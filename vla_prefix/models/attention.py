@@ -1,12 +1,14 @@
 """The block-causal attention pattern (as in Octo), built as one explicit additive float mask.
 
-The trunk sequence for one observation is
+The trunk sequence for one observation is, with the default `stream_order="vision_first"`,
 
     [ P_vis | visual | P_lang | instruction | proprio | readouts ]
       \\____ block 0 ___/ \\____ block 1 ______/  block 2    block 3
 
+and with `"language_first"` (Octo's order) the two streams swap places and block ids.
+
 - A token attends bidirectionally within its own block and to every earlier block,
-  so language tokens see the visual block (its prefix included).
+  so the second stream sees the first (its prefix included), never the reverse.
 - Readouts (the last block) see everything; nothing attends to readouts.
 - A key can also be invalid for one row (instruction padding, or prefix padding in a batch
   that mixes tasks with prefixes of different lengths): no query attends to it.
@@ -22,7 +24,18 @@ from __future__ import annotations
 
 import torch
 
-VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK = 0, 1, 2, 3
+from ..errors import ConfigError
+
+VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK = 0, 1, 2, 3  # the default stream order
+STREAM_ORDERS = ("vision_first", "language_first")
+
+
+def stream_blocks(order: str) -> dict[str, int]:
+    """Block id of each stream ("visual", "language") under a stream order: the first is block 0."""
+    if order not in STREAM_ORDERS:
+        raise ConfigError(f"stream_order={order!r}: use one of {STREAM_ORDERS}")
+    first, second = ("visual", "language") if order == "vision_first" else ("language", "visual")
+    return {first: 0, second: 1}
 
 
 def block_causal_mask(

@@ -4,6 +4,7 @@ One observation becomes the trunk sequence
 
     [ P_vis | visual | P_lang | instruction | proprio | readouts ]
 
+(or, with `config.stream_order="language_first"`, the language stream before the visual one)
 under the block-causal mask of `attention.py`; the readout states feed the action head, which
 predicts a chunk of H actions. Prefixes are not part of this module: they arrive per forward as
 `PrefixTensors`, so the backbone stays frozen and one batch can mix tasks.
@@ -29,7 +30,7 @@ from transformers import AutoTokenizer
 from ..errors import ConfigError
 from ..prefix.tensors import PrefixTensors
 from ..utils.atomic import atomic_directory
-from .attention import LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK, VISION_BLOCK, block_causal_mask, position_ids_from_valid
+from .attention import PROPRIO_BLOCK, READOUT_BLOCK, block_causal_mask, position_ids_from_valid, stream_blocks
 from .head import ActionHead
 from .trunk import LMTrunk
 from .vision import VisionEncoder
@@ -48,6 +49,9 @@ class VLAConfig:
     cameras: Optional[list] = None  # env camera names in image order (set from the training data); None = suite default
     n_readouts: int = 1
     max_instruction_tokens: int = 16
+    # which stream comes first and is seen by the other: "vision_first" (the language tokens attend to the
+    # visual ones) or "language_first" (Octo's order: each visual token attends to the instruction)
+    stream_order: str = "vision_first"
 
 
 class VLA(nn.Module):
@@ -60,6 +64,7 @@ class VLA(nn.Module):
 
     def __init__(self, vision: VisionEncoder, trunk: LMTrunk, head: ActionHead, tokenizer, config: VLAConfig, recipe: dict):
         super().__init__()
+        stream_blocks(config.stream_order)  # a clear error for an unknown order
         self.vision, self.trunk, self.head, self.tokenizer, self.config = vision, trunk, head, tokenizer, config
         self.recipe = recipe  # the part configs this backbone was built from (saved with it)
         width = trunk.hidden_size
@@ -195,15 +200,17 @@ class VLA(nn.Module):
         proprio = (batch["proprio"].to(visual.dtype) - self.proprio_mean) / self.proprio_std
         ones = lambda n: torch.ones(b, n, dtype=torch.bool, device=device)  # noqa: E731
         # token segments: (embeddings (B, n, D), block id, valid (B, n))
-        segments = []
-        for stream, block, tokens, valid in (
-            (prefix.visual, VISION_BLOCK, visual, ones(visual.shape[1])),
-            (prefix.language, LANGUAGE_BLOCK, self.trunk.embed_tokens(batch["instruction_ids"]),
+        blocks = stream_blocks(self.config.stream_order)
+        streams = sorted([  # (name, prefix stream, tokens, valid), first block first
+            ("visual", prefix.visual, visual, ones(visual.shape[1])),
+            ("language", prefix.language, self.trunk.embed_tokens(batch["instruction_ids"]),
              batch["instruction_mask"].bool()),
-        ):
+        ], key=lambda s: blocks[s[0]])
+        segments = []
+        for name, stream, tokens, valid in streams:
             if stream is not None and stream.kind == "tokens":
-                segments.append((stream.value.to(visual.dtype), block, stream.valid_mask()))
-            segments.append((tokens, block, valid))
+                segments.append((stream.value.to(visual.dtype), blocks[name], stream.valid_mask()))
+            segments.append((tokens, blocks[name], valid))
         segments.append((self.proprio_proj(proprio)[:, None], PROPRIO_BLOCK, ones(1)))
         segments.append((self.readout_embed[None].expand(b, -1, -1).to(visual.dtype), READOUT_BLOCK,
                          ones(self.config.n_readouts)))
@@ -211,8 +218,7 @@ class VLA(nn.Module):
         token_blocks = torch.cat([torch.full((s[0].shape[1],), s[1], device=device) for s in segments])
         token_valid = torch.cat([s[2] for s in segments], dim=1)
         # deep prefixes: K/V in the cache, keys only
-        kv = [(s, block) for s, block in ((prefix.visual, VISION_BLOCK), (prefix.language, LANGUAGE_BLOCK))
-              if s is not None and s.kind == "kv"]
+        kv = [(s, blocks[name]) for name, s, _, _ in streams if s is not None and s.kind == "kv"]
         prefix_kv = torch.cat([s.value.to(visual.dtype) for s, _ in kv], dim=-2) if kv else None
         key_blocks = torch.cat([torch.full((s.length,), block, device=device) for s, block in kv] + [token_blocks])
         key_valid = torch.cat([s.valid_mask() for s, _ in kv] + [token_valid], dim=1)
