@@ -126,6 +126,14 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     assert redone["summary"]["n_demos"] == on_disk["summary"]["n_demos"]  # deterministic: the same numbers
     with pytest.raises(ConfigError, match="another protocol.*steps: 3 there, 4 now"):
         heldout.run({**settings, "steps": 4})
+    # ... and so is one whose prefix config file has changed since (here: the MLP turned off on disk)
+    assert on_disk["protocol"]["prefix_configs"]["prefix"]["visual"]["reparam"] is True
+    edited = json.loads(json.dumps(on_disk))
+    edited["protocol"]["prefix_configs"]["prefix"]["visual"]["reparam"] = False
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="prefix_configs.prefix.visual.reparam: False there, True now"):
+        heldout.run(settings)
+    path.write_text(json.dumps(on_disk))
 
     # ---- the report: a README block between the suite's markers, every number from the JSON
     readme = tmp_path / "README.md"

@@ -112,6 +112,14 @@ def test_local_sweep_runs_logs_resumes_and_plots(tabletop_demos, tiny_base, tmp_
     (out / sweep.RESULTS).write_text(json.dumps({**on_disk, "fixed": other_base}))
     with pytest.raises(ConfigError, match="another fixed: base_fingerprint: '0000000000000000' there"):
         sweep.run_sweep(file, cli)
+    # and so is a changed prefix default (conf/prefix/deep.yaml edited between runs); swept keys are not part of it
+    shared = on_disk["fixed"]["train_config"]
+    assert "length" not in shared["prefix"]["language"] and shared["prefix"]["visual"]["reparam"] is True
+    other_prefix = json.loads(json.dumps(on_disk["fixed"]))
+    other_prefix["train_config"]["prefix"]["visual"]["reparam"] = False
+    (out / sweep.RESULTS).write_text(json.dumps({**on_disk, "fixed": other_prefix}))
+    with pytest.raises(ConfigError, match="another fixed: train_config.prefix.visual.reparam: False there, True now"):
+        sweep.run_sweep(file, cli)
 
 
 @pytest.mark.parametrize("content,cli,match", [

@@ -385,7 +385,8 @@ def run_sweep(sweep_file: str | os.PathLike, cli: dict[str, str] | None = None) 
         check_inputs(job_settings, train_cfg)
         jobs.append((params, job_settings, train_cfg))
 
-    fixed_record = {**{k: getattr(settings, k) for k in RESULT_SETTINGS if k not in grid}, **fixed_overrides}
+    fixed_record = {**{k: getattr(settings, k) for k in RESULT_SETTINGS if k not in grid}, **fixed_overrides,
+                    "train_config": shared_train_config(jobs[0][2], grid)}
     if "base" not in grid:  # a base retrained in place must not resume onto rows measured with the old one
         from .models.vla import VLA
 
@@ -426,6 +427,22 @@ def _offline_run(run_dir: Path, run_id: str, group: str, project: str, config: d
     run_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(mode="offline", dir=str(run_dir), project=project, group=group, name=run_id,
                       config=config, reinit="finish_previous", settings=wandb.Settings(silent=True))
+
+
+def shared_train_config(train_cfg, grid: dict) -> dict:
+    """The prefix and optimiser settings every job trains with, swept keys left out. Kept in `fixed`, so a
+    rerun after e.g. conf/prefix/deep.yaml changed is refused instead of mixing old and new rows."""
+    from dataclasses import asdict
+
+    shared = {"prefix": asdict(train_cfg.prefix), "optim": asdict(train_cfg.optim)}
+    for key in grid:
+        *path, leaf = key.split(".")
+        node = shared
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return shared
 
 
 def load_results(path: Path, fixed: dict) -> dict:

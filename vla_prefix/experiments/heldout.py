@@ -189,8 +189,21 @@ def protocol(cfg: HeldoutConfig, base_fingerprint: str, forgetting_ids: list[str
         "max_episode_steps": cfg.max_episode_steps, "forgetting_task": forgetting_ids,
         "forgetting_episodes": cfg.forgetting_episodes, "method_overrides": cfg.method_overrides,
         "train_overrides": cfg.train_overrides, "scratch_model": cfg.scratch_model,
-        "seed_ranges": {"select": "val", "report": "eval"},
+        "prefix_configs": prefix_configs(cfg), "seed_ranges": {"select": "val", "report": "eval"},
     }
+
+
+def prefix_configs(cfg: HeldoutConfig) -> dict:
+    """Each prefix method's composed prefix config (conf/prefix/*.yaml as it is now): an edited
+    config file must not resume onto cells trained with the old one."""
+    from dataclasses import asdict
+
+    from ..sweep import hydra_value
+    from ..training.config import compose_train_config
+
+    return {method: asdict(compose_train_config({k: hydra_value(v) for k, v in {
+        **cfg.train_overrides, **cfg.method_overrides.get(method, {}), "data.path": "unused"}.items()}).prefix)
+        for method in cfg.methods if method in PREFIX_METHODS}
 
 
 def load_results(path: Path, proto: dict) -> dict:

@@ -24,10 +24,25 @@ def load_frozen_results(path: Path, fmt: str, section: str, settings: dict, empt
         raise ConfigError(f"{path} is not valid JSON; move it away to start afresh") from None
     if results.get("format") != fmt:
         raise ConfigError(f"{path} is not a {what} ({fmt}); {fix}")
-    old, new = json.loads(json.dumps(results.get(section) or {})), json.loads(json.dumps(settings))
+    old, new = _flat(json.loads(json.dumps(results.get(section) or {}))), _flat(json.loads(json.dumps(settings)))
     if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        diff = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k, MISSING) != new.get(k, MISSING))
+        diff = "; ".join(f"{k}: {old.get(k, MISSING)!r} there, {new.get(k, MISSING)!r} now" for k in changed[:5])
+        diff += f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ConfigError(f"{path} holds results made with other settings (another {section}: {diff}); "
                           f"{fix} to keep both")
     return results
+
+
+MISSING = "(missing)"
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings -> {"a.b.c": leaf}, so a changed nested value is named by its full key."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
