@@ -83,7 +83,8 @@ def vision_separation(vla: VLA, n_scenes: int) -> dict:
 
     env = make_env("tabletop-reach-red-cube-v0", image_size=vla.vision.img_size, cameras=tuple(vla.config.cameras))
     scene = env.unwrapped
-    token, pixel = {p: [] for p in itertools.combinations(COLOURS, 2)}, {p: [] for p in itertools.combinations(COLOURS, 2)}
+    pairs = list(itertools.combinations(COLOURS, 2))
+    token, pixel = {p: [] for p in pairs}, {p: [] for p in pairs}
     for seed in seeds("val", n_scenes):
         scene.reset(seed=seed)
         geoms = [g for g in range(scene.model.ngeom) if scene.model.body(scene.model.geom_bodyid[g]).name == "target"]

@@ -24,8 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_backbone, interleaved_medians, synthetic_batch, write_result  # noqa: E402
 
-from vla_prefix.training.config import compose_train_config  # noqa: E402
-from vla_prefix.training.config import LoraSettings  # noqa: E402
+from vla_prefix.training.config import LoraSettings, compose_train_config  # noqa: E402
 from vla_prefix.training.modes import make_learner  # noqa: E402
 
 TASK = "tabletop-pick-place-yellow-ball-v0"
