@@ -353,10 +353,16 @@ def test_ctrl_c_stops_an_async_evaluation_with_one_line(saved, tmp_path):
     """Ctrl-C signals the whole process group: the env workers ignore it, the parent closes them and
     prints one line (exit 130), with no traceback from any process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "vla_prefix.evaluate", f"backbone={saved / 'base'}", "prefix=null", "suite=tiny",
-           f"task={RED}", "task_modules=[tiny_task]", "n_episodes=1000", "num_envs=2", "video_episodes=0",
-           "progress=true", f"out={tmp_path / 'out'}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "vla_prefix.evaluate", f"backbone={saved / 'base'}",
+           "prefix=null", "suite=tiny", f"task={RED}", "task_modules=[tiny_task]", "n_episodes=1000", "num_envs=2",
+           "video_episodes=0", "progress=true", f"out={tmp_path / 'out'}"]
+    # A job a script starts with `&` inherits SIGINT ignored, and Python keeps an inherited SIG_IGN, so under
+    # such a runner the child would never see Ctrl-C. A handler (unlike SIG_IGN) resets to the default on exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     stderr = b""
     deadline = time.monotonic() + 120
     while not re.search(rb"\b[1-9]\d*/1000", stderr):  # episodes are finishing: the rollout loop runs
@@ -364,7 +370,12 @@ def test_ctrl_c_stops_an_async_evaluation_with_one_line(saved, tmp_path):
         if select.select([proc.stderr], [], [], 1.0)[0]:
             stderr += os.read(proc.stderr.fileno(), 4096)
     os.killpg(proc.pid, signal.SIGINT)
-    _, rest = proc.communicate(timeout=60)
+    try:
+        _, rest = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # show where it hangs: faulthandler dumps every thread on SIGABRT
+        os.killpg(proc.pid, signal.SIGABRT)
+        _, rest = proc.communicate(timeout=30)
+        pytest.fail("no exit 60 s after Ctrl-C:\n" + (stderr + rest).decode()[-6000:])
     lines = (stderr + rest).decode().replace("\r", "\n").strip().splitlines()
     assert proc.returncode == 130, lines[-20:]
     assert not any("Traceback" in line for line in lines), lines

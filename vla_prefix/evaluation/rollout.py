@@ -263,9 +263,6 @@ def rollout(
                     bar.update(1)
             if done:
                 obs = assign(done)
-    except KeyboardInterrupt:  # Ctrl-C may land mid-step, leaving a worker pipe half read: kill, don't wait
-        venv.close(terminate=True)
-        raise
     finally:
         bar.close()
         venv.close()
