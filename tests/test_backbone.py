@@ -138,6 +138,17 @@ def test_fingerprint_is_stable_and_sensitive():
     assert b.refresh_fingerprint() != a.fingerprint()
 
 
+def test_a_config_changed_after_building_is_saved_and_fingerprinted(tmp_path):
+    """Switching a built backbone to `language_first` (to continue pretraining in that order) must survive a save."""
+    vla = backbone("llama")
+    before = vla.fingerprint()
+    vla.config.stream_order = "language_first"
+    assert vla.fingerprint() != before
+    vla.save_pretrained(tmp_path / "base")
+    loaded = VLA.from_pretrained(tmp_path / "base")
+    assert loaded.config.stream_order == "language_first" and loaded.fingerprint() == vla.fingerprint()
+
+
 def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a saved VLA"):
         VLA.from_pretrained(tmp_path / "nothing")

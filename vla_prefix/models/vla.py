@@ -66,7 +66,7 @@ class VLA(nn.Module):
         super().__init__()
         stream_blocks(config.stream_order)  # a clear error for an unknown order
         self.vision, self.trunk, self.head, self.tokenizer, self.config = vision, trunk, head, tokenizer, config
-        self.recipe = recipe  # the part configs this backbone was built from (saved with it)
+        self.recipe = recipe  # the part configs this backbone was built from; `saved_recipe` adds the live config
         width = trunk.hidden_size
         self.projector = nn.Sequential(nn.Linear(vision.width, width), nn.GELU(), nn.Linear(width, width))
         self.camera_embed = nn.Parameter(torch.randn(config.n_cameras, width) * 0.02)
@@ -75,7 +75,7 @@ class VLA(nn.Module):
         for name, dim in (("proprio", config.proprio_dim), ("action", config.action_dim)):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
-        self._fingerprint: str | None = None
+        self._fingerprint: tuple[str, str] | None = None  # (recipe json, hash)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -108,7 +108,7 @@ class VLA(nn.Module):
         with atomic_directory(path) as tmp:
             if provenance is not None:
                 (tmp / "training.json").write_text(json.dumps(provenance, indent=2, default=str))
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.recipe, indent=2))
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.saved_recipe(), indent=2))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"fingerprint": self.fingerprint()})
             self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
@@ -133,16 +133,22 @@ class VLA(nn.Module):
         return model.eval()  # like transformers' from_pretrained: ready for inference
 
     # ------------------------------------------------------------------ identity
+    def saved_recipe(self) -> dict:
+        """The recipe with `self.config` as it is now (a changed `stream_order` is saved, not dropped)."""
+        return {**self.recipe, "config": asdict(self.config)}
+
     def fingerprint(self) -> str:
-        """A stable hash of the config and weights (computed once, then cached; see `refresh_fingerprint`)."""
-        if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.recipe, sort_keys=True).encode())
+        """A stable hash of the config and weights (cached until the config changes; after changing weights,
+        call `refresh_fingerprint`)."""
+        recipe = json.dumps(self.saved_recipe(), sort_keys=True)
+        if self._fingerprint is None or self._fingerprint[0] != recipe:
+            h = hashlib.sha256(recipe.encode())
             for name, tensor in sorted(self.state_dict().items()):
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d tensors too (BatchNorm counters)
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
+            self._fingerprint = (recipe, h.hexdigest()[:16])
+        return self._fingerprint[1]
 
     def refresh_fingerprint(self) -> str:
         """Recompute after the weights changed (pretraining, full fine-tuning)."""
