@@ -8,7 +8,7 @@ import torch
 from backbones import FAMILIES, backbone, batch
 from vla_prefix.errors import ConfigError
 from vla_prefix.models import VLA
-from vla_prefix.models.attention import LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK, VISION_BLOCK, block_causal_mask
+from vla_prefix.models.attention import PROPRIO_BLOCK, READOUT_BLOCK, block_causal_mask, stream_blocks
 from vla_prefix.prefix.config import PrefixConfig, StreamConfig
 from vla_prefix.prefix.prefix_set import PrefixSet
 
@@ -27,14 +27,17 @@ def test_mask_pattern_is_block_causal():
 
 
 def _states(vla, b, prefix=None):
+    """Hidden states by block: "visual", "language", "proprio", "readout"."""
     hidden, blocks = vla.sequence_states(b, prefix)
-    return {blk: hidden[:, blocks == blk] for blk in (VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK)}
+    ids = {**stream_blocks(vla.config.stream_order), "proprio": PROPRIO_BLOCK, "readout": READOUT_BLOCK}
+    return {name: hidden[:, blocks == i] for name, i in ids.items()}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_every_promise_of_the_mask_by_perturbation(family, attn):
     vla = backbone(family, attn)
+    vla.config.stream_order = "vision_first"  # language_first has its own test below
     b = batch(vla, 2)
     cfg = PrefixConfig(StreamConfig(length=3, depth="deep"), StreamConfig(length=3, depth="deep"))
     prefix = PrefixSet(cfg, vla, seed=0)
@@ -50,25 +53,25 @@ def test_every_promise_of_the_mask_by_perturbation(family, attn):
         return p()
 
     s = _states(vla, b, perturbed("language"))  # the visual block must not move, later blocks must
-    assert not changed(s, VISION_BLOCK) and changed(s, LANGUAGE_BLOCK) and changed(s, READOUT_BLOCK)
+    assert not changed(s, "visual") and changed(s, "language") and changed(s, "readout")
 
     s = _states(vla, b, perturbed("visual"))  # language sees the visual block, prefix included
-    assert changed(s, VISION_BLOCK) and changed(s, LANGUAGE_BLOCK) and changed(s, PROPRIO_BLOCK)
+    assert changed(s, "visual") and changed(s, "language") and changed(s, "proprio")
 
     b2 = dict(b, proprio=b["proprio"] + 1.0)  # proprio: only proprio and readouts move
     s = _states(vla, b2, prefix())
-    assert not changed(s, VISION_BLOCK) and not changed(s, LANGUAGE_BLOCK)
-    assert changed(s, PROPRIO_BLOCK) and changed(s, READOUT_BLOCK)
+    assert not changed(s, "visual") and not changed(s, "language")
+    assert changed(s, "proprio") and changed(s, "readout")
 
     b3 = dict(b, image=255 - b["image"])  # images: everything downstream moves
     s = _states(vla, b3, prefix())
-    assert changed(s, VISION_BLOCK) and changed(s, LANGUAGE_BLOCK) and changed(s, READOUT_BLOCK)
+    assert changed(s, "visual") and changed(s, "language") and changed(s, "readout")
 
     with torch.no_grad():  # readouts: nothing attends to them
         vla.readout_embed.add_(1.0)
         s = _states(vla, b, prefix())
-    assert not any(changed(s, blk) for blk in (VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK))
-    assert changed(s, READOUT_BLOCK)
+    assert not any(changed(s, blk) for blk in ("visual", "language", "proprio"))
+    assert changed(s, "readout")
 
 
 def test_language_first_order_lets_the_visual_tokens_read_the_instruction(tmp_path):
@@ -111,11 +114,11 @@ def test_bidirectional_within_a_block(family):
     """The first instruction token sees the last one, in decoder and encoder trunks alike."""
     vla = backbone(family)
     b = batch(vla, 1)
-    ref = _states(vla, b)[LANGUAGE_BLOCK][:, 0]
+    ref = _states(vla, b)["language"][:, 0]
     ids = b["instruction_ids"].clone()
     last = int(b["instruction_mask"].sum()) - 1
     ids[0, last] = (ids[0, last] + 7) % len(vla.tokenizer)
-    assert not torch.allclose(_states(vla, dict(b, instruction_ids=ids))[LANGUAGE_BLOCK][:, 0], ref)
+    assert not torch.allclose(_states(vla, dict(b, instruction_ids=ids))["language"][:, 0], ref)
 
 
 def test_save_load_round_trip_is_bit_identical(tmp_path):
@@ -139,14 +142,14 @@ def test_fingerprint_is_stable_and_sensitive():
 
 
 def test_a_config_changed_after_building_is_saved_and_fingerprinted(tmp_path):
-    """Switching a built backbone to `language_first` (to continue pretraining in that order) must survive a save."""
+    """Switching a built backbone's stream order (to continue pretraining in the other) must survive a save."""
     vla = backbone("llama")
     before = vla.fingerprint()
-    vla.config.stream_order = "language_first"
+    vla.config.stream_order = "vision_first"
     assert vla.fingerprint() != before
     vla.save_pretrained(tmp_path / "base")
     loaded = VLA.from_pretrained(tmp_path / "base")
-    assert loaded.config.stream_order == "language_first" and loaded.fingerprint() == vla.fingerprint()
+    assert loaded.config.stream_order == "vision_first" and loaded.fingerprint() == vla.fingerprint()
 
 
 def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):

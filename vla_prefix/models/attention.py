@@ -1,11 +1,11 @@
 """The block-causal attention pattern (as in Octo), built as one explicit additive float mask.
 
-The trunk sequence for one observation is, with the default `stream_order="vision_first"`,
+The trunk sequence for one observation is, with `stream_order="vision_first"`,
 
     [ P_vis | visual | P_lang | instruction | proprio | readouts ]
       \\____ block 0 ___/ \\____ block 1 ______/  block 2    block 3
 
-and with `"language_first"` (Octo's order) the two streams swap places and block ids.
+and with `"language_first"` (Octo's order; the default) the two streams swap places and block ids.
 
 - A token attends bidirectionally within its own block and to every earlier block,
   so the second stream sees the first (its prefix included), never the reverse.
@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 
-VISION_BLOCK, LANGUAGE_BLOCK, PROPRIO_BLOCK, READOUT_BLOCK = 0, 1, 2, 3  # the default stream order
+PROPRIO_BLOCK, READOUT_BLOCK = 2, 3  # blocks 0 and 1 are the two streams, in `stream_blocks` order
 STREAM_ORDERS = ("vision_first", "language_first")
 
 

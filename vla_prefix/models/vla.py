@@ -2,9 +2,9 @@
 
 One observation becomes the trunk sequence
 
-    [ P_vis | visual | P_lang | instruction | proprio | readouts ]
+    [ P_lang | instruction | P_vis | visual | proprio | readouts ]
 
-(or, with `config.stream_order="language_first"`, the language stream before the visual one)
+(the default `config.stream_order="language_first"`; `"vision_first"` swaps the two streams)
 under the block-causal mask of `attention.py`; the readout states feed the action head, which
 predicts a chunk of H actions. Prefixes are not part of this module: they arrive per forward as
 `PrefixTensors`, so the backbone stays frozen and one batch can mix tasks.
@@ -49,9 +49,10 @@ class VLAConfig:
     cameras: Optional[list] = None  # env camera names in image order (set from the training data); None = suite default
     n_readouts: int = 1
     max_instruction_tokens: int = 16
-    # which stream comes first and is seen by the other: "vision_first" (the language tokens attend to the
-    # visual ones) or "language_first" (Octo's order: each visual token attends to the instruction)
-    stream_order: str = "vision_first"
+    # which stream comes first and is seen by the other: "language_first" (Octo's order: each visual token
+    # attends to the instruction) or "vision_first" (the language tokens attend to the visual ones; bases saved
+    # before this field existed). language_first grounds colour words far better (README, the quickstart).
+    stream_order: str = "language_first"
 
 
 class VLA(nn.Module):
@@ -121,7 +122,7 @@ class VLA(nn.Module):
             raise ConfigError(f"{path} is not a saved VLA (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
                               "create one with `python -m vla_prefix.train mode=pretrain`")
         recipe = json.loads((path / CONFIG_NAME).read_text())
-        config = VLAConfig(**recipe["config"])
+        config = VLAConfig(**{"stream_order": "vision_first", **recipe["config"]})  # the order before it was set
         vision = hydra.utils.instantiate(recipe["vision"])
         t = recipe["trunk"]
         trunk = LMTrunk.from_config(t["hf_config"], t["model_class"], attn_implementation or t["attn_implementation"])
