@@ -146,7 +146,7 @@ def test_resume_after_kill_reproduces_the_loss_curve_bit_exactly(tiny_base, tabl
     assert all(torch.equal(a.values()[k], b.values()[k]) for k in a.values())
     history = json.loads((killed / "train_summary.json").read_text())["history"]  # provenance across the resume
     assert [(h["from_step"], h["steps"]) for h in history] == [(0, 60), (20, 60)]
-    assert f"out_dir={killed}" in history[0]["command"]
+    assert history[0]["command"].startswith("python -m vla_prefix.train ") and f"out_dir={killed}" in history[0]["command"]
 
 
 def _safe_rows(metrics):

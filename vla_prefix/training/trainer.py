@@ -201,8 +201,9 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
 
     # ---- loop
     best = saved_state.get("best", {"score": None, "step": None}) if start > 0 else {"score": None, "step": None}
-    # provenance across resumes: every command that trained this run, with the steps it ran
-    command = " ".join(["python -m vla_prefix.train", *sys.argv[1:]])
+    # provenance across resumes: every command that trained this run, with the steps it ran (the process's own
+    # command line: `python -m vla_prefix.train ...`, or the experiment or sweep that called train())
+    command = " ".join(["python", *sys.orig_argv[1:]])
     history = saved_state.get("history", []) if start > 0 else []
     if start < cfg.optim.steps:
         history = [*history, {"command": command, "from_step": start, "steps": cfg.optim.steps}]
