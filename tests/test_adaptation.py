@@ -12,7 +12,7 @@ from vla_prefix.training.trainer import train
 
 BASE = Path(__file__).resolve().parents[1] / "checkpoints" / "tabletop_base"
 # a held-out task of a family the base never saw (stacking): its zero-shot BC loss starts high (L1 ~0.63). On the
-# quickstart's task the base already starts at ~0.14, so even full fine-tuning falls only ~9x (README, "The base")
+# quickstart's task the base already starts at ~0.14, so even full fine-tuning falls only ~9x (README: "The overfit test")
 TASK = "tabletop-stack-red-on-blue-v0"
 
 
