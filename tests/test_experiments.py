@@ -71,6 +71,9 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     for r in evals:  # the same eval seeds for every method
         assert r["n_episodes"] == 2 and 0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1
         assert _seeds(r["eval_info"]) == [SEED_RANGES["eval"][0], SEED_RANGES["eval"][1]]
+        # every failed episode is counted once, under what the gripper went for (the tabletop env reports it)
+        assert sum(r["failures"].values()) == r["n_episodes"] - r["n_successes"]
+        assert set(r["failures"]) <= {"target", "distractor", "none"}
 
     # ---- what each method stores and trains
     prefix_train = [r for r in on_disk["records"] if r["stage"] == "train" and r["method"] == "prefix"]
@@ -101,6 +104,7 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
         assert 0 <= m["mean"]["ci95"][0] <= m["mean"]["success_rate"] <= m["mean"]["ci95"][1] <= 1
         assert m["tasks"][HELDOUT_TASK]["success_rate"] == m["mean"]["success_rate"]
     assert summary["prefix"]["stored_bytes"] > 0 and summary["zero-shot"]["stored_bytes"] == 0
+    assert summary["head"]["failures"] == records[("eval", "head", 1e-3)]["failures"]
     assert summary["prefix"]["tuning_wall_s"] > summary["prefix"]["train_wall_s"] > 0
     assert summary["head"]["forgetting"]["measured"] and summary["prefix"]["forgetting"]["identical_to_base"]
     assert [c["goal"] for c in on_disk["summary"]["goals"]["checks"]][0] == "prefix mean success >= target"
@@ -185,6 +189,23 @@ def test_train_overrides_flatten_and_metaworld_defaults():
         f"metaworld-{n}-v3" for n in ("bin-picking", "box-close", "hand-insert", "door-lock", "door-unlock")}
 
 
+def test_headline_preset_is_the_committed_results_protocol(monkeypatch):
+    """conf/experiments/tabletop_headline.yaml resumes results/tabletop/heldout.json: the same protocol."""
+    from hydra import compose, initialize_config_dir
+
+    from vla_prefix.models.vla import VLA
+    from vla_prefix.training.config import CONF_DIR
+
+    monkeypatch.chdir(CONF_DIR.parent)
+    with initialize_config_dir(str(CONF_DIR / "experiments"), version_base=None):
+        cfg = heldout.as_config(compose("tabletop_headline"))
+    committed = json.loads(Path(cfg.results).read_text())["protocol"]
+    forgetting = heldout._task_ids(cfg.suite, cfg.forgetting_task, "pretrain", "forgetting_task")
+    assert heldout.protocol(cfg, VLA.from_pretrained(cfg.base).fingerprint(), forgetting) == committed
+    assert cfg.n_demos == [10, 50] and cfg.seeds == [0, 1, 2] and cfg.train_overrides == {
+        "val.every": 100, "val.n_episodes": 10}
+
+
 def test_report_cli_bad_file_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(tmp_path / "none.json")])
@@ -211,7 +232,8 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
 
     def evaluation(seed, n, lr, k):
         return {"stage": "eval", "task": "t", "method": "full", "seed": seed, "n_demos": n, "lr": lr,
-                "success_rate": k / 4, "ci95": [0.0, 1.0], "n_episodes": 4, "n_successes": k}
+                "success_rate": k / 4, "ci95": [0.0, 1.0], "n_episodes": 4, "n_successes": k,
+                "failures": {"distractor": 4 - k - k // 2, "none": k // 2} if k < 4 else {}}
 
     records = [train(0, 5, 1e-4, 0.25), train(0, 5, 3e-4, 0.75), evaluation(0, 5, 3e-4, 3),
                train(1, 5, 3e-4, None), evaluation(1, 5, 3e-4, 1),  # seed 1 reuses seed 0's lr (first_seed)
@@ -228,6 +250,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert five["mean"]["seed_std"] == pytest.approx(0.3535, abs=1e-3)  # per-seed means 0.75 and 0.25
     assert five["tuning_wall_s"] == 6.0 and five["train_wall_s"] == 2.0
     assert not ten["complete"] and ten["mean"]["n_cells"] == 1 and ten["mean"]["success_rate"] == 1.0
+    assert five["failures"] == {"distractor": 3, "none": 1} and ten["failures"] == {}  # seeds pooled
     assert summary["goals"] == {"n_demos": 10, "checks": []}  # no prefix results: nothing to check
     results["summary"] = summary
     assert write_figures(results, tmp_path) == [SUCCESS_PLOT, DEMOS_PLOT]
@@ -235,3 +258,4 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     block = report.render(results)
     assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "(1/2 cells)" in block
+    assert "| full | 4 | 3 (75%) | 1 (25%) |" in block  # 5 demos: failed episodes by what was engaged

@@ -1,6 +1,7 @@
 r"""The headline experiment: adapt the frozen base to each held-out task with every method, measure it.
 
-    python -m vla_prefix.experiments.heldout suite=tabletop                 # the full protocol (hours)
+    python -m vla_prefix.experiments.heldout --config-dir conf/experiments --config-name tabletop_headline
+    python -m vla_prefix.experiments.heldout suite=tabletop                 # the defaults (hours)
     python -m vla_prefix.experiments.heldout suite=tabletop methods=[scratch,full] seeds=[0]   # calibration
     python -m vla_prefix.experiments.heldout suite=tabletop n_demos=[10,50] device=cuda
     python -m vla_prefix.experiments.heldout suite=metaworld steps=300 n_episodes=50 seeds=[0] \
@@ -40,7 +41,7 @@ from ..errors import ConfigError, cli_errors, closest
 from ..utils.atomic import atomic_write_json
 from ..utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra, to_dataclass
 from ..utils.results_file import load_frozen_results
-from .records import Ledger, pooled, summarize
+from .records import Ledger, failure_groups, pooled, summarize
 
 FORMAT = "vla-prefix-heldout/1"
 METHODS = ("prefix", "prompt", "lora", "full", "head", "scratch", "zero-shot")
@@ -309,9 +310,7 @@ class Experiment:
             info = self.evaluate(*self.policy(method, trained["artifact"]), [task], "eval", self.cfg.n_episodes,
                                  Path(trained["run_dir"]) / "eval", self.cameras)
             self.add({"stage": "eval", "task": task, "method": method, "seed": seed, "n_demos": n, "lr": lr,
-                      **_rate(info["tasks"][task]), "backbone_fingerprint": info["settings"]["backbone_fingerprint"],
-                      "eval_info": str(Path(trained["run_dir"]) / "eval" / "eval_info.json"),
-                      "eval_wall_s": round(info["wall_s"], 2)})
+                      **_eval_fields(info, task), "eval_info": str(Path(trained["run_dir"]) / "eval" / "eval_info.json")})
         if forgetting_ids and method in FORGETTING_METHODS and \
                 self.ledger.get("forgetting", task, method, seed, n, lr) is None:
             self.forgetting(task, method, seed, n, lr, trained, forgetting_ids)
@@ -350,9 +349,7 @@ class Experiment:
                 out = self.out / task / "zero-shot" / "eval"
                 info = self.evaluate(self.cfg.base, None, [task], "eval", self.cfg.n_episodes, out, self.cameras)
                 self.add({"stage": "eval", "task": task, "method": "zero-shot", "seed": None, "n_demos": None,
-                          "lr": None, **_rate(info["tasks"][task]),
-                          "backbone_fingerprint": info["settings"]["backbone_fingerprint"],
-                          "eval_info": str(out / "eval_info.json"), "eval_wall_s": round(info["wall_s"], 2)})
+                          "lr": None, **_eval_fields(info, task), "eval_info": str(out / "eval_info.json")})
 
     def log(self, what: str, task, seed, n) -> None:
         where = ", ".join(f"{k}={v}" for k, v in (("task", task), ("seed", seed), ("n_demos", n)) if v is not None)
@@ -361,6 +358,12 @@ class Experiment:
 
 def _rate(r: dict) -> dict:
     return {k: r[k] for k in ("success_rate", "ci95", "n_episodes", "n_successes")}
+
+
+def _eval_fields(info: dict, task: str) -> dict:
+    """An eval record's measures: success (Wilson CI), what the failed episodes went for, backbone, time."""
+    return {**_rate(info["tasks"][task]), "failures": failure_groups(info["tasks"][task]["episodes"]),
+            "backbone_fingerprint": info["settings"]["backbone_fingerprint"], "eval_wall_s": round(info["wall_s"], 2)}
 
 
 def forgetting_rates(info: dict) -> dict:

@@ -6,7 +6,8 @@
      trainable_pct, total_params, final_loss, train_wall_s, resumed, val: {success_rate, ci95, n_episodes,
      n_successes} | null}                      # one per grid lr; val is null when the grid has one lr
     {"stage": "eval", task, method, seed, n_demos, lr, success_rate, ci95, n_episodes, n_successes,
-     backbone_fingerprint, eval_info, eval_wall_s}          # the chosen lr, on the `eval` seeds
+     failures: {what the gripper went for: episodes} | null, backbone_fingerprint, eval_info,
+     eval_wall_s}                                            # the chosen lr, on the `eval` seeds
     {"stage": "forgetting", task, method, seed, n_demos, lr, tasks: {id: {success_rate, ci95, n_episodes,
      n_successes}}, success_rate, ci95, n_episodes, n_successes, backbone_fingerprint, measured,
      identical_to_base}                                     # success on pretrain tasks after adaptation
@@ -18,6 +19,7 @@ seed and demo count; the base's own forgetting record (method `base`) is the ref
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Iterable, Optional
 
 from ..evaluation.stats import wilson_interval
@@ -63,6 +65,25 @@ def choose_lr(grid: list[float], train_records: dict[float, dict]) -> Optional[f
         loss = math.inf if loss is None or not math.isfinite(loss) else loss
         ranked.append((-rec["val"]["success_rate"], loss, i, float(lr)))
     return min(ranked)[3]
+
+
+def failure_groups(episodes: list[dict]) -> Optional[dict]:
+    """Failed episodes by what the gripper went for ("target" or another named object, "distractor",
+    "none"), from eval_info episodes; None when the env does not report `engaged_object`."""
+    if not any("engaged_object" in e for e in episodes):
+        return None
+    labels = [e.get("engaged_object", "none") for e in episodes if not e["success"]]
+    return dict(Counter("distractor" if x.startswith("distractor") else x for x in labels).most_common())
+
+
+def pooled_failures(evals: Iterable[dict]) -> Optional[dict]:
+    """The eval records' `failures` summed; None when any of them lacks it."""
+    total: Counter = Counter()
+    for ev in evals:
+        if ev.get("failures") is None:
+            return None
+        total.update(ev["failures"])
+    return dict(total.most_common())
 
 
 class Ledger:
@@ -149,6 +170,7 @@ def _zero_shot(ledger: Ledger, tasks: list[str], base: Optional[dict]) -> dict:
         "tasks": per_task,
         "mean": {**pooled((r["n_successes"], r["n_episodes"]) for r in cells.values() if r), "seed_std": None,
                  "n_cells": len(per_task), "n_cells_expected": len(tasks)},
+        "failures": pooled_failures(r for r in cells.values() if r) if per_task else None,
         "complete": len(per_task) == len(tasks),
         "trainable_params": 0, "trainable_pct": 0.0, "stored_bytes": 0, "train_wall_s": 0.0,
         "tuning_wall_s": 0.0, "lr": None, "val": None,
@@ -183,7 +205,8 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
                 forgets.append(fg)
         if cells:
             per_task[t] = {**pooled((ev["n_successes"], ev["n_episodes"]) for _, ev in cells),
-                           "seeds": [{"seed": s, "lr": ev["lr"], **_rate(ev)} for s, ev in cells],
+                           "seeds": [{"seed": s, "lr": ev["lr"], **_rate(ev), "failures": ev.get("failures")}
+                                     for s, ev in cells],
                            "seed_std": _std([ev["success_rate"] for _, ev in cells])}
     n_cells = sum(len(v["seeds"]) for v in per_task.values())
     every_task = [sum(v) / len(v) for v in seed_means.values() if len(v) == len(tasks)]
@@ -200,6 +223,7 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
     return {
         "tasks": per_task,
         "mean": mean,
+        "failures": pooled_failures(c for v in per_task.values() for c in v["seeds"]) if per_task else None,
         "complete": n_cells == len(tasks) * len(seeds),
         "trainable_params": _int(_mean([r["trainable_params"] for r in chosen_train])),
         "trainable_pct": _mean([r["trainable_pct"] for r in chosen_train]),

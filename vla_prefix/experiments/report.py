@@ -59,6 +59,22 @@ def _mean(m: dict) -> str:
     return _rate(mean, partial)
 
 
+def _failures_table(per_method: dict, methods: list[str], n_demos: str) -> list[str]:
+    """Markdown lines: each method's failed eval episodes by what the gripper went for (none if unrecorded)."""
+    failures = {m: per_method[m].get("failures") for m in methods if per_method[m].get("failures") is not None}
+    labels = sorted({x for f in failures.values() for x in f},
+                    key=lambda x: (x == "none", x == "distractor", x != "target", x))
+    if not labels:
+        return []
+    lines = ["", f"Failed `eval` episodes by what the gripper went for, {n_demos} demos (tasks and seeds pooled):",
+             "", "| method | failed | " + " | ".join(labels) + " |", "|---" * (len(labels) + 2) + "|"]
+    for m, f in failures.items():
+        total = sum(f.values())
+        shares = (f"{f.get(x, 0)} ({f.get(x, 0) / total:.0%})" if total else "0" for x in labels)
+        lines.append(f"| {m} | {total} | " + " | ".join(shares) + " |")
+    return lines
+
+
 def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Path] = None) -> str:
     """The markdown block (no markers). Figure links are relative to `relative_to` (default: cwd)."""
     proto, config, summary = results["protocol"], results["config"], results["summary"]
@@ -102,6 +118,8 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
             m = summary["n_demos"][n][method]
             lines.append(f"| {method} | " + " | ".join(_rate(m["tasks"].get(t)) for t in tasks)
                          + f" | {_lr(m['lr'])} |")
+    for n in demos:
+        lines += _failures_table(summary["n_demos"][n], methods, n)
     goals = summary.get("goals", {})
     if goals.get("checks"):
         lines += ["", f"Goals of the issue, at {goals['n_demos']} demos:", "", "| goal | target | measured | met |",
