@@ -67,6 +67,7 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
         assert all(s in SEED_RANGES["val"] for s in _seeds(Path(records[("train", "prefix", lr)]["run_dir"])
                                                            / "val" / "eval_info.json"))
     assert records[("train", "head", 1e-3)]["val"] is None
+    assert records[("train", "head", 1e-3)]["val_best"] is None  # no trainer checkpoint selection here
     evals = [r for r in on_disk["records"] if r["stage"] == "eval"]
     for r in evals:  # the same eval seeds for every method
         assert r["n_episodes"] == 2 and 0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1
@@ -228,7 +229,8 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     def train(seed, n, lr, rate):
         return {"stage": "train", "task": "t", "method": "full", "seed": seed, "n_demos": n, "lr": lr,
                 "val": rate if rate is None else val(rate), "final_loss": 0.1, "trainable_params": 100,
-                "trainable_pct": 100.0, "stored_bytes": 400, "train_wall_s": 2.0}
+                "trainable_pct": 100.0, "stored_bytes": 400, "train_wall_s": 2.0,
+                "val_best": {"score": 0.5, "step": 200} if seed == 0 else None}
 
     def evaluation(seed, n, lr, k):
         return {"stage": "eval", "task": "t", "method": "full", "seed": seed, "n_demos": n, "lr": lr,
@@ -251,6 +253,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert five["tuning_wall_s"] == 6.0 and five["train_wall_s"] == 2.0
     assert not ten["complete"] and ten["mean"]["n_cells"] == 1 and ten["mean"]["success_rate"] == 1.0
     assert five["failures"] == {"distractor": 3, "none": 1} and ten["failures"] == {}  # seeds pooled
+    assert five["kept_steps"] == [200]  # seed 1's run selected no checkpoint
     assert summary["goals"] == {"n_demos": 10, "checks": []}  # no prefix results: nothing to check
     results["summary"] = summary
     assert write_figures(results, tmp_path) == [SUCCESS_PLOT, DEMOS_PLOT]
@@ -259,3 +262,4 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     block = report.render(results)
     assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "(1/2 cells)" in block
     assert "| full | 4 | 3 (75%) | 1 (25%) |" in block  # 5 demos: failed episodes by what was engaged
+    assert "| 0.0003 | 200 |" in block  # the chosen lr and the step its checkpoint was kept at

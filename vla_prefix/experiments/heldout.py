@@ -289,7 +289,7 @@ class Experiment:
             "run_dir": str(run_dir), "artifact": artifact, "stored_bytes": disk_bytes(stored),
             "trainable_params": summary["trainable_params"], "trainable_pct": summary["trainable_pct"],
             "total_params": summary["total_params"], "final_loss": summary["final_loss"],
-            "train_wall_s": summary["wall_s"], "resumed": resumed, "val": val})
+            "train_wall_s": summary["wall_s"], "resumed": resumed, "val": val, "val_best": kept_checkpoint(summary)})
 
     def policy(self, method: str, artifact: str) -> tuple[str, Optional[str]]:
         """(backbone dir, prefix file or None) that `evaluate` loads for a trained artifact."""
@@ -370,6 +370,12 @@ def forgetting_rates(info: dict) -> dict:
     """Per forgetting task and pooled (the tasks have equal episode counts, so pooled = mean of tasks)."""
     tasks = {t: _rate(r) for t, r in info["tasks"].items()}
     return {"tasks": tasks, **pooled((r["n_successes"], r["n_episodes"]) for r in tasks.values())}
+
+
+def kept_checkpoint(train_summary: dict) -> Optional[dict]:
+    """{score, step} of the checkpoint the trainer's val selection kept; None when it selected none."""
+    best = train_summary.get("val_best") or {}
+    return best if best.get("step") is not None else None
 
 
 def disk_bytes(path: str | Path) -> int:

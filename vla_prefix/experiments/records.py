@@ -4,7 +4,8 @@
 
     {"stage": "train", task, method, seed, n_demos, lr, run_dir, artifact, stored_bytes, trainable_params,
      trainable_pct, total_params, final_loss, train_wall_s, resumed, val: {success_rate, ci95, n_episodes,
-     n_successes} | null}                      # one per grid lr; val is null when the grid has one lr
+     n_successes} | null, val_best: {score, step} | null}   # one per grid lr; val is null when the grid has
+                                               # one lr, val_best when the trainer selects no checkpoint
     {"stage": "eval", task, method, seed, n_demos, lr, success_rate, ci95, n_episodes, n_successes,
      failures: {what the gripper went for: episodes} | null, backbone_fingerprint, eval_info,
      eval_wall_s}                                            # the chosen lr, on the `eval` seeds
@@ -173,7 +174,7 @@ def _zero_shot(ledger: Ledger, tasks: list[str], base: Optional[dict]) -> dict:
         "failures": pooled_failures(r for r in cells.values() if r) if per_task else None,
         "complete": len(per_task) == len(tasks),
         "trainable_params": 0, "trainable_pct": 0.0, "stored_bytes": 0, "train_wall_s": 0.0,
-        "tuning_wall_s": 0.0, "lr": None, "val": None,
+        "tuning_wall_s": 0.0, "lr": None, "kept_steps": [], "val": None,
         "forgetting": None if base is None else {**_rate(base), "delta_vs_base": 0.0, "measured": True,
                                                   "identical_to_base": True},
     }
@@ -231,6 +232,7 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
         "train_wall_s": _mean([r["train_wall_s"] for r in chosen_train]),  # per run of the chosen lr
         "tuning_wall_s": sum(r["train_wall_s"] for r in all_train),  # every grid run together
         "lr": lrs,
+        "kept_steps": sorted({r["val_best"]["step"] for r in chosen_train if r.get("val_best")}),
         "val": vals or None,
         "forgetting": forgetting,
     }

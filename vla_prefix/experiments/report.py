@@ -111,13 +111,15 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
                       f"the base alone: {_rate(base)}."]
     for n in demos:
         tasks = config["tasks"]
-        lines += ["", f"Per task, {n} demos (seeds pooled; chosen lr per seed):", "",
-                  "| method | " + " | ".join(f"`{t}`" for t in tasks) + " | chosen lr |",
-                  "|---" * (len(tasks) + 2) + "|"]
+        lines += ["", f"Per task, {n} demos (seeds pooled; chosen lr per seed; the training step whose checkpoint "
+                      "the trainer's val selection kept, where it selects):", "",
+                  "| method | " + " | ".join(f"`{t}`" for t in tasks) + " | chosen lr | kept step |",
+                  "|---" * (len(tasks) + 3) + "|"]
         for method in methods:
             m = summary["n_demos"][n][method]
+            steps = ", ".join(map(str, m.get("kept_steps") or [])) or "–"
             lines.append(f"| {method} | " + " | ".join(_rate(m["tasks"].get(t)) for t in tasks)
-                         + f" | {_lr(m['lr'])} |")
+                         + f" | {_lr(m['lr'])} | {steps} |")
     for n in demos:
         lines += _failures_table(summary["n_demos"][n], methods, n)
     goals = summary.get("goals", {})
