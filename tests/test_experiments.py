@@ -142,13 +142,14 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
 
     # ---- the report: a README block between the suite's markers, every number from the JSON
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:tabletop:start -->\nold text\n<!-- results:tabletop:end -->\nafter\n")
+    readme.write_text("# x\nThe block between `<!-- results:tabletop:start -->` and `<!-- results:tabletop:end -->`\n"
+                      "<!-- results:tabletop:start -->\nold text\n<!-- results:tabletop:end -->\nafter\n")
     capsys.readouterr()
     report.main([str(path), "--readme", str(readme)])
     text = readme.read_text()
-    assert "old text" not in text and text.startswith("# x\n")
+    assert "old text" not in text and text.startswith("# x\nThe block between `<!-- results:tabletop:start -->` and")
     assert text.endswith("<!-- results:tabletop:end -->\nafter\n")
-    block = text.split("<!-- results:tabletop:start -->")[1].split("<!-- results:tabletop:end -->")[0]
+    block = text.split("\n<!-- results:tabletop:start -->\n")[1].split("\n<!-- results:tabletop:end -->\n")[0]
     rows = {}  # the first table's row per method (the per-task table repeats the names)
     for line in block.splitlines():
         if line.startswith("| "):

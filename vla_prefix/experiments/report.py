@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -141,13 +142,15 @@ def markers(suite: str) -> tuple[str, str]:
 
 
 def update_readme(readme: Path, suite: str, block: str) -> bool:
-    """Replace the text between the suite's markers; False (README untouched) if it lacks them."""
+    """Replace the text between the suite's markers, each a line of its own (a marker quoted in prose does
+    not count); False (README untouched) if it lacks them."""
     start, end = markers(suite)
     text = readme.read_text()
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i:
+    i = re.search(rf"^{re.escape(start)}$", text, re.M)
+    j = i and re.search(rf"^{re.escape(end)}$", text[i.end():], re.M)
+    if not j:
         return False
-    new = text[: i + len(start)] + "\n" + block + "\n" + text[j:]
+    new = text[: i.end()] + "\n" + block + "\n" + text[i.end() + j.start():]
     if new != text:
         atomic_write_bytes(readme, new.encode())
     return True
