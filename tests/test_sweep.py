@@ -51,6 +51,35 @@ def test_sweep_file_is_a_valid_wandb_grid_sweep():
     assert (cfg.prefix.language.length, cfg.prefix.visual.length, cfg.optim.steps) == (32, 32, fixed["max_steps"])
 
 
+@pytest.mark.parametrize("name,x_key,plot,n_runs", [
+    ("ablation_variant", "prefix", "success_vs_prefix.png", 8),
+    ("ablation_init", "prefix.language.init", "success_vs_init.png", 12),
+    ("ablation_demos", "n_demos", "success_vs_n_demos.png", 8),
+])
+def test_ablation_sweep_files_compose_every_job(name, x_key, plot, n_runs):
+    config = yaml.safe_load((CONF_DIR / "sweep" / f"{name}.yaml").read_text())
+    assert _sweeps().schema_violations_from_proposed_config(config) == []
+    grid, fixed = sweep.split_parameters(config, {})
+    assert next(iter(grid)) == x_key and sweep.plot_name(grid) == plot
+    assert fixed["n_episodes"] == 50 and fixed["seed"] == 0 and len(grid["task"]) == 2  # the ablation budget
+    resolved = {}
+    for params in sweep.expand_grid(grid):
+        settings, overrides = sweep.split_keys({**fixed, **params})
+        train_cfg = sweep.compose_job(settings, overrides)
+        assert (train_cfg.mode, train_cfg.optim.steps, train_cfg.val.every) == ("prefix", 500, 100)
+        resolved[sweep.run_name(params)] = (settings.n_demos, train_cfg.prefix.resolved())
+    assert len(resolved) == n_runs
+    if name == "ablation_variant":  # each variant is what its name says, with 20 prefix positions in all
+        by_variant = {k.split(",")[0]: p for k, (_, p) in resolved.items()}
+        assert by_variant["prefix=shallow"].visual.depth == by_variant["prefix=shallow"].language.depth == "shallow"
+        assert by_variant["prefix=encoder"].visual.site == "encoder"
+        assert (by_variant["prefix=shared"].visual.length, by_variant["prefix=shared"].language.length) == (20, 0)
+        assert all(p.visual.length + p.language.length == 20 for p in by_variant.values())
+    if name == "ablation_demos":
+        assert sorted({n for n, _ in resolved.values()}) == [5, 10, 25, 50]
+    assert sweep.plot_name({"prefix.language.length": [0, 4], "prefix.visual.length": [0]}) == sweep.PLOT
+
+
 @pytest.mark.xdist_group("sweep")  # both tiny_base tests on one worker: the session fixture is built once
 @pytest.mark.usefixtures("one_torch_thread")
 def test_local_sweep_runs_logs_resumes_and_plots(tabletop_demos, tiny_base, tmp_path):

@@ -16,10 +16,12 @@ one `value` are fixed. A key is either a job setting (the fields of `SweepSettin
 `python -m vla_prefix.train` override (e.g. `optim.batch_size`, `prefix.visual.init`, `seed`, `device`).
 Locally, `key=value` arguments after the file replace a fixed value, or restrict a grid key to
 `key=v1,v2`. Each job is logged as its own offline W&B run (under its run folder). The runner writes
-`<out>/sweep_results.json` (one row per run) after every run and `<out>/success_vs_prefix_length.png`
-at the end. Rerunning the same command resumes: rows already in sweep_results.json are kept and skipped,
-and an interrupted run continues from its last checkpoint. Another set of fixed settings in the same
-`out` is refused (nothing is overwritten).
+`<out>/sweep_results.json` (one row per run) after every run and, at the end, a plot of success against
+the first grid key with 2+ values (`plot_name`: `<out>/success_vs_prefix_length.png` for prefix lengths).
+Rerunning the same command resumes: rows already in sweep_results.json are kept and skipped, and an
+interrupted run continues from its last checkpoint. Another set of fixed settings in the same `out` is
+refused (nothing is overwritten). A grid key may also pick a prefix config (`prefix: {values: [deep, shared]}`)
+or a task; conf/sweep/ablation_*.yaml are the held-out ablations (README, "Ablations").
 """
 
 from __future__ import annotations
@@ -414,9 +416,10 @@ def run_sweep(sweep_file: str | os.PathLike, cli: dict[str, str] | None = None) 
               f"{row['trainable_params']} trainable params, {row['wall_s']:.0f} s", flush=True)
     wanted = {run_name(p) for p in points}
     current = [r for r in results["rows"] if r["run"] in wanted]
-    plot_results(current, list(grid), out / PLOT)
+    plot = out / plot_name(grid)
+    plot_results(current, list(grid), plot)
     print(format_table(current, list(grid)))
-    print(f"results: {out / RESULTS}\nplot:    {out / PLOT}\n"
+    print(f"results: {out / RESULTS}\nplot:    {plot}\n"
           f"W&B:     offline runs in {out / 'runs'}/*/wandb/ (upload: wandb sync {out / 'runs'}/*/wandb/offline-run-*)")
     return results
 
@@ -458,6 +461,13 @@ def _short(key: str) -> str:
     return ".".join(key.split(".")[-2:])
 
 
+def plot_name(grid: dict[str, list]) -> str:
+    """The plot's file name, after its x axis (the first grid key with 2+ values): PLOT for a prefix length,
+    else success_vs_<last part of the key>.png, e.g. success_vs_n_demos.png, success_vs_init.png."""
+    x_key = next((k for k, values in grid.items() if len(values) > 1), next(iter(grid)))
+    return PLOT if x_key.endswith(".length") else f"success_vs_{x_key.split('.')[-1]}.png"
+
+
 def plot_results(rows: list[dict], grid_keys: list[str], path: Path) -> None:
     """Success rate (Wilson 95% CI error bars) vs the first varied grid key, one line per other grid values."""
     from matplotlib.figure import Figure  # renders with Agg; pyplot's global backend is left alone
@@ -487,7 +497,8 @@ def plot_results(rows: list[dict], grid_keys: list[str], path: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     n = sorted({r["n_episodes"] for r in rows})
     constant = ", ".join(f"{_short(k)}={rows[0]['parameters'][k]}" for k in grid_keys if k not in varied and rows)
-    ax.set_title(f"success vs prefix length ({'/'.join(map(str, n))} episodes per point"
+    what = "prefix length" if x_key.endswith(".length") else _short(x_key)
+    ax.set_title(f"success vs {what} ({'/'.join(map(str, n))} episodes per point"
                  + (f"; {constant})" if constant else ")"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
