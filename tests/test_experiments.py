@@ -212,6 +212,10 @@ def test_report_cli_bad_file_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(tmp_path / "none.json")])
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: no results file")
+    (tmp_path / "other.json").write_text('{"format": "something-else"}')
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "other.json")])
+    assert exit_info.value.code == 2 and "neither a held-out results file" in capsys.readouterr().err
 
 
 def test_lr_choice_summary_and_figures_from_records(tmp_path):

@@ -126,6 +126,19 @@ def test_local_sweep_runs_logs_resumes_and_plots(tabletop_demos, tiny_base, tmp_
     assert steps == [0, 1, 2]  # max_steps from the command line beat the file's 500
     assert on_disk["fixed"]["max_steps"] == 3
     assert (out / sweep.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the README block is generated from the file, between the sweep's own markers
+    from vla_prefix.experiments import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n<!-- results:sweep:{file.stem}:start -->\nold\n<!-- results:sweep:{file.stem}:end -->\n")
+    assert report.main([str(out / sweep.RESULTS), "--readme", str(readme)]) == 0
+    block = readme.read_text()
+    assert "old" not in block and f"]({out.name}/{sweep.PLOT})" in block
+    for r in rows:  # one line per grid point (a single task: no pooled column), its rate with the Wilson CI
+        lo, hi = r["ci95"]
+        language, visual = r["parameters"].values()
+        rate = f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+        assert f"| {language} | {visual} | {rate} | {r['trainable_params']:,} |" in block
 
     # rerun: the finished rows are kept and skipped (also for a part of the grid)
     mtime = (Path(two["run_dir"]) / "result.json").stat().st_mtime_ns

@@ -1,11 +1,14 @@
-r"""Render a held-out results file as markdown, and put it into the README between markers.
+r"""Render a held-out results file or a sweep's results as markdown, and put it into the README between markers.
 
     python -m vla_prefix.experiments.report results/tabletop/heldout.json                    # print it
     python -m vla_prefix.experiments.report results/tabletop/heldout.json --readme README.md
+    python -m vla_prefix.experiments.report results/tabletop/ablations/variant/sweep_results.json --readme README.md
 
-With --readme, the block between `<!-- results:<suite>:start -->` and `<!-- results:<suite>:end -->`
-is replaced; if the README has no such markers, the block is printed instead (the README is left alone).
-Every number in the block is one of the results file's (rounded): the block is generated, never edited.
+With --readme, the block between `<!-- results:<key>:start -->` and `<!-- results:<key>:end -->` is
+replaced (key: the suite of a held-out file, `sweep:<sweep file name>` of a sweep's, e.g.
+`sweep:ablation_variant`); if the README has no such markers, the block is printed instead (the README is
+left alone). Every number in the block is one of the results file's (rounded): the block is generated,
+never edited.
 """
 
 from __future__ import annotations
@@ -137,6 +140,55 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
     return "\n".join(lines)
 
 
+def render_sweep(results: dict, path: Optional[Path] = None, relative_to: Optional[Path] = None) -> str:
+    """A `vla_prefix.sweep` sweep_results.json as markdown (no markers): one row per setting of the grid keys
+    other than `task`, one column per task plus the tasks pooled (Wilson 95% CI), in grid order."""
+    from ..sweep import expand_grid, plot_name
+    from .records import pooled
+
+    grid, fixed = results["grid"], results["fixed"]
+    tasks = grid.get("task") or [fixed["task"]]
+    keys = [k for k in grid if k != "task"]
+    rows = {}  # (setting, task) -> row
+    for r in results["rows"]:
+        p = r["parameters"]
+        rows[(tuple(json.dumps(p[k]) for k in keys), p.get("task", fixed.get("task")))] = r
+    settings = list(dict.fromkeys(tuple(json.dumps(p[k]) for k in keys) for p in expand_grid(grid)))
+    source = f"`{path}`" if path else "the sweep results"
+    lines = [
+        f"<!-- generated from {path or 'the sweep results'} by `python -m vla_prefix.experiments.report`; "
+        "do not edit by hand -->",
+        f"**{Path(results['sweep']).stem}** ({source}): " + ("" if "n_demos" in grid else
+                                                             f"{fixed.get('n_demos') or 'all'} demos of ")
+        + f"`{fixed.get('data')}`, {fixed.get('max_steps')} steps, seed {fixed.get('seed')}, "
+        f"{fixed.get('n_episodes')} `eval` episodes per run; base `{fixed.get('base')}` (fingerprint "
+        f"`{fixed.get('base_fingerprint')}`). Success with its Wilson 95% CI.",
+        "",
+        "| " + " | ".join(f"`{k}`" for k in keys) + " | " + " | ".join(f"`{t}`" for t in tasks)
+        + (" | tasks pooled" if len(tasks) > 1 else "") + " | trainable params | prefix file | train time / run |",
+        "|---" * (len(keys) + len(tasks) + (len(tasks) > 1) + 3) + "|",
+    ]
+    for setting in settings:
+        runs = [rows.get((setting, t)) for t in tasks]
+        done = [r for r in runs if r is not None]
+        if not done:
+            continue
+        cells = [_rate(r) for r in runs]
+        if len(tasks) > 1:
+            cells.append(_rate(pooled((r["n_successes"], r["n_episodes"]) for r in done))
+                         + ("" if len(done) == len(tasks) else f" ({len(done)}/{len(tasks)} tasks)"))
+        params = ", ".join(f"{n:,}" for n in sorted({r["trainable_params"] for r in done}))
+        stored = ", ".join(_bytes(n) for n in sorted({r["prefix_bytes"] for r in done}))
+        time_s = sum(r["train_wall_s"] for r in done) / len(done)
+        lines.append("| " + " | ".join(str(json.loads(v)) for v in setting) + " | " + " | ".join(cells)
+                     + f" | {params} | {stored} | {time_s:.0f} s |")
+    plot = plot_name(grid)
+    if path is not None and (Path(path).parent / plot).is_file():
+        base_dir = Path(relative_to) if relative_to else Path.cwd()
+        lines += ["", f"![{plot}]({os.path.relpath(Path(path).parent / plot, base_dir)})"]
+    return "\n".join(lines)
+
+
 def markers(suite: str) -> tuple[str, str]:
     return f"<!-- results:{suite}:start -->", f"<!-- results:{suite}:end -->"
 
@@ -156,34 +208,41 @@ def update_readme(readme: Path, suite: str, block: str) -> bool:
     return True
 
 
-def load(path: str | Path) -> dict:
+def load(path: str | Path) -> tuple[dict, str]:
+    """(results, README marker key) of a held-out results file or a sweep's sweep_results.json."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no results file at {str(path)!r}; make one with `python -m vla_prefix.experiments.heldout`")
+        raise ConfigError(f"no results file at {str(path)!r}; make one with `python -m vla_prefix.experiments.heldout`"
+                          " or `python -m vla_prefix.sweep`")
     try:
         results = json.loads(path.read_text())
     except ValueError:
         raise ConfigError(f"{path} is not valid JSON") from None
+    from ..sweep import FORMAT as SWEEP_FORMAT
     from .heldout import FORMAT
 
-    if results.get("format") != FORMAT or "summary" not in results:
-        raise ConfigError(f"{path} is not a held-out results file ({FORMAT}) with a summary")
-    return results
+    if results.get("format") == FORMAT and "summary" in results:
+        return results, results["protocol"]["suite"]
+    if results.get("format") == SWEEP_FORMAT and "grid" in results:
+        return results, f"sweep:{Path(results['sweep']).stem}"
+    raise ConfigError(f"{path} is neither a held-out results file ({FORMAT}) with a summary nor a sweep's "
+                      f"results ({SWEEP_FORMAT})")
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vla_prefix.experiments.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", help="a heldout.json written by vla_prefix.experiments.heldout")
-    parser.add_argument("--readme", help="README to update between the suite's results markers")
+    parser.add_argument("results", help="a heldout.json (vla_prefix.experiments.heldout) or a sweep_results.json "
+                        "(vla_prefix.sweep)")
+    parser.add_argument("--readme", help="README to update between the results markers")
     args = parser.parse_args(argv)
-    results = load(args.results)
-    suite = results["protocol"]["suite"]
+    results, suite = load(args.results)
     readme = Path(args.readme) if args.readme else None
     if readme is not None and not readme.is_file():
         raise ConfigError(f"--readme {args.readme!r} is not a file")
-    block = render(results, Path(args.results), readme.parent if readme else None)
+    draw = render_sweep if suite.startswith("sweep:") else render
+    block = draw(results, Path(args.results), readme.parent if readme else None)
     if readme is not None and update_readme(readme, suite, block):
         print(f"updated {readme} between {markers(suite)[0]} and {markers(suite)[1]}")
         return 0
