@@ -41,7 +41,7 @@ from ..errors import ConfigError, cli_errors, closest
 from ..utils.atomic import atomic_write_json
 from ..utils.hydra_app import check_overrides, quiet_defaults, quiet_hydra, to_dataclass
 from ..utils.results_file import load_frozen_results
-from .records import Ledger, failure_groups, pooled, summarize
+from .records import Ledger, failure_groups, pooled, rate, summarize
 
 FORMAT = "vla-prefix-heldout/1"
 METHODS = ("prefix", "prompt", "lora", "full", "head", "scratch", "zero-shot")
@@ -283,7 +283,7 @@ class Experiment:
         if validate:
             info = self.evaluate(*self.policy(method, artifact), [task], "val", self.cfg.val_episodes,
                                  run_dir / "val", self.cameras)
-            val = _rate(info["tasks"][task])
+            val = rate(info["tasks"][task])
         return self.add({
             "stage": "train", "task": task, "method": method, "seed": seed, "n_demos": n, "lr": lr,
             "run_dir": str(run_dir), "artifact": artifact, "stored_bytes": disk_bytes(stored),
@@ -356,19 +356,15 @@ class Experiment:
         print(f"[heldout] {what}" + (f" ({where})" if where else ""), flush=True)
 
 
-def _rate(r: dict) -> dict:
-    return {k: r[k] for k in ("success_rate", "ci95", "n_episodes", "n_successes")}
-
-
 def _eval_fields(info: dict, task: str) -> dict:
     """An eval record's measures: success (Wilson CI), what the failed episodes went for, backbone, time."""
-    return {**_rate(info["tasks"][task]), "failures": failure_groups(info["tasks"][task]["episodes"]),
+    return {**rate(info["tasks"][task]), "failures": failure_groups(info["tasks"][task]["episodes"]),
             "backbone_fingerprint": info["settings"]["backbone_fingerprint"], "eval_wall_s": round(info["wall_s"], 2)}
 
 
 def forgetting_rates(info: dict) -> dict:
     """Per forgetting task and pooled (the tasks have equal episode counts, so pooled = mean of tasks)."""
-    tasks = {t: _rate(r) for t, r in info["tasks"].items()}
+    tasks = {t: rate(r) for t, r in info["tasks"].items()}
     return {"tasks": tasks, **pooled((r["n_successes"], r["n_episodes"]) for r in tasks.values())}
 
 

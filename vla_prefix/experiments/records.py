@@ -133,7 +133,8 @@ def _std(values: list[float]) -> Optional[float]:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def _rate(r: dict) -> dict:
+def rate(r: dict) -> dict:
+    """The success fields of an eval or record: {success_rate, ci95, n_episodes, n_successes}."""
     return {k: r[k] for k in ("success_rate", "ci95", "n_episodes", "n_successes")}
 
 
@@ -147,7 +148,7 @@ def summarize(results: dict) -> dict:
     config, ledger = results["config"], Ledger(results["records"])
     tasks, seeds = config["tasks"], config["seeds"]
     base = ledger.get("forgetting", None, "base", None, None, None)
-    out: dict[str, Any] = {"base_forgetting": None if base is None else _rate(base), "n_demos": {}}
+    out: dict[str, Any] = {"base_forgetting": None if base is None else rate(base), "n_demos": {}}
     for n in config["n_demos"]:
         methods = {}
         for method in config["methods"]:
@@ -166,7 +167,7 @@ def headline_demos(n_demos: list[int]) -> int:
 
 def _zero_shot(ledger: Ledger, tasks: list[str], base: Optional[dict]) -> dict:
     cells = {t: ledger.get("eval", t, "zero-shot", None, None, None) for t in tasks}
-    per_task = {t: {**_rate(r), "seeds": None, "seed_std": None} for t, r in cells.items() if r is not None}
+    per_task = {t: {**rate(r), "seeds": None, "seed_std": None} for t, r in cells.items() if r is not None}
     return {
         "tasks": per_task,
         "mean": {**pooled((r["n_successes"], r["n_episodes"]) for r in cells.values() if r), "seed_std": None,
@@ -175,7 +176,7 @@ def _zero_shot(ledger: Ledger, tasks: list[str], base: Optional[dict]) -> dict:
         "complete": len(per_task) == len(tasks),
         "trainable_params": 0, "trainable_pct": 0.0, "stored_bytes": 0, "train_wall_s": 0.0,
         "tuning_wall_s": 0.0, "lr": None, "kept_steps": [], "val": None,
-        "forgetting": None if base is None else {**_rate(base), "delta_vs_base": 0.0, "measured": True,
+        "forgetting": None if base is None else {**rate(base), "delta_vs_base": 0.0, "measured": True,
                                                   "identical_to_base": True},
     }
 
@@ -206,7 +207,7 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
                 forgets.append(fg)
         if cells:
             per_task[t] = {**pooled((ev["n_successes"], ev["n_episodes"]) for _, ev in cells),
-                           "seeds": [{"seed": s, "lr": ev["lr"], **_rate(ev), "failures": ev.get("failures")}
+                           "seeds": [{"seed": s, "lr": ev["lr"], **rate(ev), "failures": ev.get("failures")}
                                      for s, ev in cells],
                            "seed_std": _std([ev["success_rate"] for _, ev in cells])}
     n_cells = sum(len(v["seeds"]) for v in per_task.values())
@@ -215,10 +216,10 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
             "seed_std": _std(every_task), "n_cells": n_cells, "n_cells_expected": len(tasks) * len(seeds)}
     forgetting = None
     if forgets:
-        rate = pooled((f["n_successes"], f["n_episodes"]) for f in forgets)
-        forgetting = {**rate, "n_models": len(forgets),
-                      "delta_vs_base": None if base is None or rate["success_rate"] is None
-                      else rate["success_rate"] - base["success_rate"],
+        after = pooled((f["n_successes"], f["n_episodes"]) for f in forgets)
+        forgetting = {**after, "n_models": len(forgets),
+                      "delta_vs_base": None if base is None or after["success_rate"] is None
+                      else after["success_rate"] - base["success_rate"],
                       "measured": all(f["measured"] for f in forgets),
                       "identical_to_base": all(f["identical_to_base"] for f in forgets)}
     return {
@@ -257,10 +258,10 @@ def goal_checks(summary: dict, goals: dict, n_demos: int) -> list[dict]:
         checks.append({"goal": "prefix mean success >= target", "target": goals["prefix_min_success"],
                        "measured": p, "met": p >= goals["prefix_min_success"]})
     for name, other in (("prefix_over_lora_min", "lora"), ("prefix_over_full_min", "full")):
-        rate = methods.get(other, {}).get("mean", {}).get("success_rate")
-        if name in goals and rate is not None:
+        q = methods.get(other, {}).get("mean", {}).get("success_rate")
+        if name in goals and q is not None:
             checks.append({"goal": f"prefix / {other} mean success >= target", "target": goals[name],
-                           "measured": p / rate if rate > 0 else None, "met": p >= goals[name] * rate})
+                           "measured": p / q if q > 0 else None, "met": p >= goals[name] * q})
     pct, most = prefix["trainable_pct"], goals.get("prefix_max_trainable_pct")
     if most is not None and pct is not None:
         checks.append({"goal": "prefix trainable % of backbone <= target", "target": most, "measured": pct,
