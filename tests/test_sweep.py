@@ -52,7 +52,7 @@ def test_sweep_file_is_a_valid_wandb_grid_sweep():
 
 
 @pytest.mark.parametrize("name,x_key,plot,n_runs", [
-    ("ablation_variant", "prefix", "success_vs_prefix.png", 8),
+    ("ablation_variant", "prefix", "success_vs_prefix.png", 10),
     ("ablation_init", "prefix.language.init", "success_vs_init.png", 12),
     ("ablation_demos", "n_demos", "success_vs_n_demos.png", 8),
 ])
@@ -71,6 +71,8 @@ def test_ablation_sweep_files_compose_every_job(name, x_key, plot, n_runs):
     assert len(resolved) == n_runs
     if name == "ablation_variant":  # each variant is what its name says, with 20 prefix positions in all
         by_variant = {k.split(",")[0]: p for k, (_, p) in resolved.items()}
+        none = by_variant.pop("prefix=none")  # the zero-shot reference: the sweep evaluates the base, trains nothing
+        assert none.visual.length == none.language.length == 0
         assert by_variant["prefix=shallow"].visual.depth == by_variant["prefix=shallow"].language.depth == "shallow"
         assert by_variant["prefix=encoder"].visual.site == "encoder"
         assert (by_variant["prefix=shared"].visual.length, by_variant["prefix=shared"].language.length) == (20, 0)
