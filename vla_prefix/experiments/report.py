@@ -189,14 +189,15 @@ def render_sweep(results: dict, path: Optional[Path] = None, relative_to: Option
     return "\n".join(lines)
 
 
-def markers(suite: str) -> tuple[str, str]:
-    return f"<!-- results:{suite}:start -->", f"<!-- results:{suite}:end -->"
+def markers(key: str) -> tuple[str, str]:
+    """The README markers of a results block; key: a suite, or `sweep:<sweep file name>`."""
+    return f"<!-- results:{key}:start -->", f"<!-- results:{key}:end -->"
 
 
-def update_readme(readme: Path, suite: str, block: str) -> bool:
-    """Replace the text between the suite's markers, each a line of its own (a marker quoted in prose does
+def update_readme(readme: Path, key: str, block: str) -> bool:
+    """Replace the text between the key's markers, each a line of its own (a marker quoted in prose does
     not count); False (README untouched) if it lacks them."""
-    start, end = markers(suite)
+    start, end = markers(key)
     text = readme.read_text()
     i = re.search(rf"^{re.escape(start)}$", text, re.M)
     j = i and re.search(rf"^{re.escape(end)}$", text[i.end():], re.M)
@@ -237,17 +238,17 @@ def main(argv: list[str] | None = None) -> int:
                         "(vla_prefix.sweep)")
     parser.add_argument("--readme", help="README to update between the results markers")
     args = parser.parse_args(argv)
-    results, suite = load(args.results)
+    results, key = load(args.results)
     readme = Path(args.readme) if args.readme else None
     if readme is not None and not readme.is_file():
         raise ConfigError(f"--readme {args.readme!r} is not a file")
-    draw = render_sweep if suite.startswith("sweep:") else render
+    draw = render_sweep if key.startswith("sweep:") else render
     block = draw(results, Path(args.results), readme.parent if readme else None)
-    if readme is not None and update_readme(readme, suite, block):
-        print(f"updated {readme} between {markers(suite)[0]} and {markers(suite)[1]}")
+    if readme is not None and update_readme(readme, key, block):
+        print(f"updated {readme} between {markers(key)[0]} and {markers(key)[1]}")
         return 0
     if readme is not None:
-        start, end = markers(suite)
+        start, end = markers(key)
         print(f"note: {readme} has no {start} ... {end} markers; add them where the table goes. The block:",
               file=sys.stderr)
     print(block)
