@@ -268,3 +268,34 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "(1/2 cells)" in block
     assert "| full | 4 | 3 (75%) | 1 (25%) |" in block  # 5 demos: failed episodes by what was engaged
     assert "| 0.0003 | 200 |" in block  # the chosen lr and the step its checkpoint was kept at
+
+
+def test_forgetting_pools_distinct_measurements_only():
+    """A prefix method's forgetting records reuse the base's one measurement: it counts once, not once per seed."""
+    from vla_prefix.experiments.records import pooled, summarize
+
+    def forgetting(method, seed, k, measured):
+        return {"stage": "forgetting", "task": None if method == "base" else "t", "method": method, "seed": seed,
+                "n_demos": None if method == "base" else 10, "lr": None if method == "base" else 1e-3,
+                **pooled([(k, 10)]), "measured": measured, "identical_to_base": method != "full"}
+
+    def trained(method, seed):
+        return [{"stage": "train", "task": "t", "method": method, "seed": seed, "n_demos": 10, "lr": 1e-3,
+                 "val": None, "final_loss": 0.1, "trainable_params": 1, "trainable_pct": 1.0, "stored_bytes": 4,
+                 "train_wall_s": 1.0},
+                {"stage": "eval", "task": "t", "method": method, "seed": seed, "n_demos": 10, "lr": 1e-3,
+                 "success_rate": 0.5, "ci95": [0.0, 1.0], "n_episodes": 10, "n_successes": 5}]
+
+    records = [forgetting("base", None, 6, True)]
+    for seed in (0, 1, 2):
+        records += trained("prefix", seed) + [forgetting("prefix", seed, 6, False)]
+        records += trained("full", seed) + [forgetting("full", seed, seed, True)]
+    results = {"goals": {}, "records": records,
+               "config": {"tasks": ["t"], "methods": ["prefix", "full"], "seeds": [0, 1, 2], "n_demos": [10],
+                          "lr_grid": {"prefix": [1e-3], "full": [1e-3]}, "lr_selection": "first_seed"}}
+    methods = summarize(results)["n_demos"]["10"]
+    prefix, full = methods["prefix"]["forgetting"], methods["full"]["forgetting"]
+    assert (prefix["n_successes"], prefix["n_episodes"], prefix["n_models"]) == (6, 10, 3)
+    assert prefix["ci95"] == summarize(results)["base_forgetting"]["ci95"] and prefix["delta_vs_base"] == 0.0
+    assert (full["n_successes"], full["n_episodes"], full["measured"]) == (3, 30, True)
+    assert full["delta_vs_base"] == pytest.approx(0.1 - 0.6)
