@@ -216,14 +216,14 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
             "seed_std": _std(every_task), "n_cells": n_cells, "n_cells_expected": len(tasks) * len(seeds)}
     forgetting = None
     if forgets:
-        # distinct measurements only: a prefix method's record reuses the base's, which counts once
-        measures = [f for f in forgets if f["measured"]] + ([base] if base and not all(
-            f["measured"] for f in forgets) else [])
-        after = pooled((f["n_successes"], f["n_episodes"]) for f in measures)
+        # distinct measurements only: a prefix method's unmeasured records reuse the base's, which counts once
+        measured = [f for f in forgets if f["measured"]]
+        reused = [base] if base is not None and len(measured) < len(forgets) else []
+        after = pooled((f["n_successes"], f["n_episodes"]) for f in measured + reused)
         forgetting = {**after, "n_models": len(forgets),
                       "delta_vs_base": None if base is None or after["success_rate"] is None
                       else after["success_rate"] - base["success_rate"],
-                      "measured": all(f["measured"] for f in forgets),
+                      "measured": len(measured) == len(forgets),
                       "identical_to_base": all(f["identical_to_base"] for f in forgets)}
     return {
         "tasks": per_task,
