@@ -265,7 +265,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     for name in (SUCCESS_PLOT, DEMOS_PLOT):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     block = report.render(results)
-    assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "(1/2 cells)" in block
+    assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "partial (1/2 cells; per task below)" in block
     assert "| full | 4 | 3 (75%) | 1 (25%) |" in block  # 5 demos: failed episodes by what was engaged
     assert "| 0.0003 | 200 |" in block  # the chosen lr and the step its checkpoint was kept at
 

@@ -1,7 +1,9 @@
 """Figures of a held-out results file (matplotlib's Agg, through `Figure`: pyplot's backend is left alone).
 
-- `heldout_success.png`: mean eval success per method, Wilson 95% CI error bars, one bar per n_demos.
-- `success_vs_demos.png`: mean eval success vs demos per task, one line per method (with 2+ n_demos).
+- `heldout_success.png`: mean eval success per method, Wilson 95% CI error bars, one bar per n_demos; only
+  complete means (every task and seed), as a partial one averages fewer tasks than its neighbours.
+- `success_vs_demos.png`: eval success vs demos, one panel per task (seeds pooled), one line per method
+  (with 2+ n_demos); per task, so a demo count run on fewer tasks never mixes task sets in one line.
 - `success_vs_prefix_length.png`: from a `vla_prefix.sweep` sweep_results.json, when one is given.
 """
 
@@ -28,7 +30,7 @@ def _save(fig, path: Path) -> str:
 
 
 def _point(mean: dict) -> Optional[tuple[float, float, float]]:
-    """(rate, lower error, upper error) of a summary's mean, or None if nothing was measured."""
+    """(rate, lower error, upper error) of a summary's rate (mean or task), or None if nothing was measured."""
     if mean["success_rate"] is None:
         return None
     r, (lo, hi) = mean["success_rate"], mean["ci95"]
@@ -51,8 +53,9 @@ def write_figures(results: dict, folder: Path, sweep_results: Optional[str] = No
     for j, n in enumerate(demos):
         xs, ys, err = [], [], [[], []]
         for i, method in enumerate(methods):
-            p = _point(summary["n_demos"][n][method]["mean"])
-            if p is not None:
+            m = summary["n_demos"][n][method]
+            p = _point(m["mean"])
+            if p is not None and m["complete"]:  # a partial mean averages fewer tasks: not comparable
                 xs.append(i + (j - (len(demos) - 1) / 2) * width)
                 ys.append(p[0])
                 err[0].append(p[1])
@@ -67,22 +70,27 @@ def write_figures(results: dict, folder: Path, sweep_results: Optional[str] = No
     written.append(_save(fig, folder / SUCCESS_PLOT))
 
     if len(demos) > 1:
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.subplots()
-        for method in methods:
-            pts = [(int(n), _point(summary["n_demos"][n][method]["mean"])) for n in demos]
-            pts = [(n, p) for n, p in pts if p is not None]
-            if pts:
-                ax.errorbar([n for n, _ in pts], [p[0] for _, p in pts], marker="o", capsize=3, label=method,
-                            yerr=[[p[1] for _, p in pts], [p[2] for _, p in pts]])
-        ax.set_xscale("log")
-        ax.set_xticks([int(n) for n in demos], demos)
-        ax.set_xlabel("demos per held-out task")
-        ax.set_ylabel("eval success rate (Wilson 95% CI)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{suite}: success vs demos")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        tasks = config["tasks"]
+        fig = Figure(figsize=(4 * len(tasks) + 1, 4.5))
+        axes = fig.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
+        for ax, task in zip(axes, tasks):
+            for method in methods:
+                pts = [(int(n), summary["n_demos"][n][method]["tasks"].get(task)) for n in demos]
+                pts = [(n, _point(r)) for n, r in pts if r is not None]
+                if pts:
+                    ax.errorbar([n for n, _ in pts], [p[0] for _, p in pts], marker="o", capsize=3, label=method,
+                                yerr=[[p[1] for _, p in pts], [p[2] for _, p in pts]],
+                                linestyle="--" if method == "zero-shot" else "-")  # the base: flat by definition
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks([int(n) for n in demos], demos)
+            ax.set_xlabel("demos")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(task, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("eval success rate, seeds pooled (Wilson 95% CI)")
+        axes[-1].legend(fontsize=7)
+        fig.suptitle(f"{suite}: success vs demos per held-out task")
         written.append(_save(fig, folder / DEMOS_PLOT))
 
     if sweep_results:

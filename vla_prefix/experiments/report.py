@@ -25,11 +25,11 @@ from ..errors import ConfigError, cli_errors
 from ..utils.atomic import atomic_write_bytes
 
 
-def _rate(r: Optional[dict], cells: str = "") -> str:
+def _rate(r: Optional[dict]) -> str:
     if r is None or r.get("success_rate") is None:
         return "–"
     lo, hi = r["ci95"]
-    return f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]{cells}"
+    return f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def _bytes(n: Optional[int]) -> str:
@@ -58,9 +58,12 @@ def _forgetting(f: Optional[dict]) -> str:
 
 
 def _mean(m: dict) -> str:
+    """The mean over tasks, only when every (task, seed) cell is in: a partial mean averages fewer tasks than
+    the other columns, so it is not comparable with them (the per-task tables show what is in)."""
     mean = m["mean"]
-    partial = "" if m["complete"] else f" ({mean['n_cells']}/{mean['n_cells_expected']} cells)"
-    return _rate(mean, partial)
+    if m["complete"] or mean["n_cells"] == 0:
+        return _rate(mean)
+    return f"partial ({mean['n_cells']}/{mean['n_cells_expected']} cells; per task below)"
 
 
 def _failures_table(per_method: dict, methods: list[str], n_demos: str) -> list[str]:
