@@ -299,3 +299,26 @@ def test_forgetting_pools_distinct_measurements_only():
     assert prefix["ci95"] == summarize(results)["base_forgetting"]["ci95"] and prefix["delta_vs_base"] == 0.0
     assert (full["n_successes"], full["n_episodes"], full["measured"]) == (3, 30, True)
     assert full["delta_vs_base"] == pytest.approx(0.1 - 0.6)
+
+
+def test_goal_checks_compare_complete_means_only():
+    """A goal ratio needs both means over the same (task, seed) cells: a partial one is left out, not compared."""
+    from vla_prefix.experiments.records import summarize
+
+    def cell(method, task, seed, k):
+        return [{"stage": "train", "task": task, "method": method, "seed": seed, "n_demos": 10, "lr": 1e-3,
+                 "val": None, "final_loss": 0.1, "trainable_params": 1, "trainable_pct": 0.5, "stored_bytes": 4,
+                 "train_wall_s": 1.0},
+                {"stage": "eval", "task": task, "method": method, "seed": seed, "n_demos": 10, "lr": 1e-3,
+                 "success_rate": k / 10, "ci95": [0.0, 1.0], "n_episodes": 10, "n_successes": k}]
+
+    records = cell("prefix", "a", 0, 4) + cell("prefix", "b", 0, 2) + cell("lora", "a", 0, 5)
+    results = {"goals": {"prefix_over_lora_min": 1.0, "prefix_max_trainable_pct": 1.0}, "records": records,
+               "config": {"tasks": ["a", "b"], "methods": ["prefix", "lora"], "seeds": [0], "n_demos": [10],
+                          "lr_grid": {"prefix": [1e-3], "lora": [1e-3]}, "lr_selection": "first_seed"}}
+    # lora has task a only: its 0.5 would be compared with prefix's 0.3 over a and b
+    assert [c["goal"] for c in summarize(results)["goals"]["checks"]] == ["prefix trainable % of backbone <= target"]
+    results["records"] += cell("lora", "b", 0, 1)
+    ratio = summarize(results)["goals"]["checks"][0]
+    assert ratio["goal"] == "prefix / lora mean success >= target" and ratio["measured"] == pytest.approx(1.0)
+    assert ratio["met"]

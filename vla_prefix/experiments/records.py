@@ -247,13 +247,14 @@ def _int(x: Optional[float]) -> Optional[int]:
 
 
 def goal_checks(summary: dict, goals: dict, n_demos: int) -> list[dict]:
-    """The issue's targets against the `prefix` method's summary at `n_demos` (empty without prefix results).
+    """The issue's targets against the `prefix` method's summary at `n_demos` (empty until prefix is complete).
 
+    Only complete means count: a partial one averages fewer tasks, so it is comparable with nothing.
     Each check: {goal, target, measured, met}; `measured` is a success rate, a ratio of two, or a percentage.
     """
     methods = summary["n_demos"].get(str(n_demos), {})
     prefix = methods.get("prefix")
-    if prefix is None or prefix["mean"]["success_rate"] is None:
+    if prefix is None or not prefix["complete"] or prefix["mean"]["success_rate"] is None:
         return []
     p = prefix["mean"]["success_rate"]
     checks = []
@@ -261,8 +262,8 @@ def goal_checks(summary: dict, goals: dict, n_demos: int) -> list[dict]:
         checks.append({"goal": "prefix mean success >= target", "target": goals["prefix_min_success"],
                        "measured": p, "met": p >= goals["prefix_min_success"]})
     for name, other in (("prefix_over_lora_min", "lora"), ("prefix_over_full_min", "full")):
-        q = methods.get(other, {}).get("mean", {}).get("success_rate")
-        if name in goals and q is not None:
+        if name in goals and methods.get(other, {}).get("complete"):
+            q = methods[other]["mean"]["success_rate"]
             checks.append({"goal": f"prefix / {other} mean success >= target", "target": goals[name],
                            "measured": p / q if q > 0 else None, "met": p >= goals[name] * q})
     pct, most = prefix["trainable_pct"], goals.get("prefix_max_trainable_pct")
