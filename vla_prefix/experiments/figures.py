@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..utils.atomic import atomic_write_bytes
+from .records import complete_mean
 
 SUCCESS_PLOT = "heldout_success.png"
 DEMOS_PLOT = "success_vs_demos.png"
@@ -53,9 +54,9 @@ def write_figures(results: dict, folder: Path, sweep_results: Optional[str] = No
     for j, n in enumerate(demos):
         xs, ys, err = [], [], [[], []]
         for i, method in enumerate(methods):
-            m = summary["n_demos"][n][method]
-            p = _point(m["mean"])
-            if p is not None and m["complete"]:  # a partial mean averages fewer tasks: not comparable
+            mean = complete_mean(summary["n_demos"][n][method])
+            if mean is not None:
+                p = _point(mean)
                 xs.append(i + (j - (len(demos) - 1) / 2) * width)
                 ys.append(p[0])
                 err[0].append(p[1])

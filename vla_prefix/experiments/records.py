@@ -246,24 +246,33 @@ def _int(x: Optional[float]) -> Optional[int]:
     return None if x is None else int(round(x))
 
 
+def complete_mean(method_summary: Optional[dict]) -> Optional[dict]:
+    """A method summary's mean over tasks, or None while some (task, seed) cell is missing: a partial mean
+    averages fewer tasks than its neighbours, so it is comparable with nothing (tables, figures, goals)."""
+    if method_summary is None or not method_summary["complete"]:
+        return None
+    mean = method_summary["mean"]
+    return None if mean["success_rate"] is None else mean
+
+
 def goal_checks(summary: dict, goals: dict, n_demos: int) -> list[dict]:
     """The issue's targets against the `prefix` method's summary at `n_demos` (empty until prefix is complete).
 
-    Only complete means count: a partial one averages fewer tasks, so it is comparable with nothing.
-    Each check: {goal, target, measured, met}; `measured` is a success rate, a ratio of two, or a percentage.
+    Only complete means count (`complete_mean`). Each check: {goal, target, measured, met}; `measured` is a success rate, a ratio of two, or a percentage.
     """
     methods = summary["n_demos"].get(str(n_demos), {})
-    prefix = methods.get("prefix")
-    if prefix is None or not prefix["complete"] or prefix["mean"]["success_rate"] is None:
+    prefix_mean = complete_mean(methods.get("prefix"))
+    if prefix_mean is None:
         return []
-    p = prefix["mean"]["success_rate"]
+    prefix, p = methods["prefix"], prefix_mean["success_rate"]
     checks = []
     if "prefix_min_success" in goals:
         checks.append({"goal": "prefix mean success >= target", "target": goals["prefix_min_success"],
                        "measured": p, "met": p >= goals["prefix_min_success"]})
     for name, other in (("prefix_over_lora_min", "lora"), ("prefix_over_full_min", "full")):
-        if name in goals and methods.get(other, {}).get("complete"):
-            q = methods[other]["mean"]["success_rate"]
+        other_mean = complete_mean(methods.get(other))
+        if name in goals and other_mean is not None:
+            q = other_mean["success_rate"]
             checks.append({"goal": f"prefix / {other} mean success >= target", "target": goals[name],
                            "measured": p / q if q > 0 else None, "met": p >= goals[name] * q})
     pct, most = prefix["trainable_pct"], goals.get("prefix_max_trainable_pct")

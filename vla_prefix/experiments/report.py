@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..errors import ConfigError, cli_errors
 from ..utils.atomic import atomic_write_bytes
+from .records import complete_mean
 
 
 def _rate(r: Optional[dict]) -> str:
@@ -61,7 +62,7 @@ def _mean(m: dict) -> str:
     """The mean over tasks, only when every (task, seed) cell is in: a partial mean averages fewer tasks than
     the other columns, so it is not comparable with them (the per-task tables show what is in)."""
     mean = m["mean"]
-    if m["complete"] or mean["n_cells"] == 0:
+    if complete_mean(m) is not None or mean["n_cells"] == 0:
         return _rate(mean)
     return f"partial ({mean['n_cells']}/{mean['n_cells_expected']} cells; per task below)"
 
