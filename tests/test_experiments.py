@@ -108,7 +108,7 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     assert summary["head"]["failures"] == records[("eval", "head", 1e-3)]["failures"]
     assert summary["prefix"]["tuning_wall_s"] > summary["prefix"]["train_wall_s"] > 0
     assert summary["head"]["forgetting"]["measured"] and summary["prefix"]["forgetting"]["identical_to_base"]
-    assert [c["goal"] for c in on_disk["summary"]["goals"]["checks"]][0] == "prefix mean success >= target"
+    assert [c["goal"] for c in on_disk["summary"]["goals"]["2"]][0] == "prefix mean success >= target"
     assert (path.parent / "heldout_success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert on_disk["figures"] == ["heldout_success.png"]
 
@@ -259,7 +259,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert not ten["complete"] and ten["mean"]["n_cells"] == 1 and ten["mean"]["success_rate"] == 1.0
     assert five["failures"] == {"distractor": 3, "none": 1} and ten["failures"] == {}  # seeds pooled
     assert five["kept_steps"] == [200]  # seed 1's run selected no checkpoint
-    assert summary["goals"] == {"n_demos": 10, "checks": []}  # no prefix results: nothing to check
+    assert summary["goals"] == {"5": [], "10": []}  # no prefix results: nothing to check
     results["summary"] = summary
     assert write_figures(results, tmp_path) == [SUCCESS_PLOT, DEMOS_PLOT]
     for name in (SUCCESS_PLOT, DEMOS_PLOT):
@@ -268,6 +268,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "partial (1/2 cells; per task below)" in block
     assert "| full | 4 | 3 (75%) | 1 (25%) |" in block  # 5 demos: failed episodes by what was engaged
     assert "| 0.0003 | 200 |" in block  # the chosen lr and the step its checkpoint was kept at
+    assert "| success, 5 demos | success, 10 demos | forgetting after 5 demos | forgetting after 10 demos |" in block
 
 
 def test_forgetting_pools_distinct_measurements_only():
@@ -317,8 +318,16 @@ def test_goal_checks_compare_complete_means_only():
                "config": {"tasks": ["a", "b"], "methods": ["prefix", "lora"], "seeds": [0], "n_demos": [10],
                           "lr_grid": {"prefix": [1e-3], "lora": [1e-3]}, "lr_selection": "first_seed"}}
     # lora has task a only: its 0.5 would be compared with prefix's 0.3 over a and b
-    assert [c["goal"] for c in summarize(results)["goals"]["checks"]] == ["prefix trainable % of backbone <= target"]
+    assert [c["goal"] for c in summarize(results)["goals"]["10"]] == ["prefix trainable % of backbone <= target"]
     results["records"] += cell("lora", "b", 0, 1)
-    ratio = summarize(results)["goals"]["checks"][0]
+    ratio = summarize(results)["goals"]["10"][0]
     assert ratio["goal"] == "prefix / lora mean success >= target" and ratio["measured"] == pytest.approx(1.0)
     assert ratio["met"]
+    # the report: one measured/met column pair per demo count that has checks, "–" where a goal is unchecked
+    from vla_prefix.experiments.report import _goals_table
+    checks = summarize(results)["goals"]["10"]
+    table = _goals_table({"10": checks, "50": checks[1:], "25": []})
+    assert table[3] == "| goal | target | measured, 10 demos | met | measured, 50 demos | met |"
+    assert table[5] == "| prefix / lora mean success >= target | 1 | 1 | yes | – | – |"
+    assert table[6] == "| prefix trainable % of backbone <= target | 1 | 0.5 | yes | 0.5 | yes |"
+    assert _goals_table({"10": []}) == []

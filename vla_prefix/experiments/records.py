@@ -155,14 +155,8 @@ def summarize(results: dict) -> dict:
             methods[method] = (_zero_shot(ledger, tasks, base) if method == "zero-shot"
                                else _trained(ledger, config, method, tasks, seeds, n, base))
         out["n_demos"][str(n)] = methods
-    headline = headline_demos(config["n_demos"])
-    out["goals"] = {"n_demos": headline, "checks": goal_checks(out, results.get("goals", {}), headline)}
+    out["goals"] = {str(n): goal_checks(out, results.get("goals", {}), n) for n in config["n_demos"]}
     return out
-
-
-def headline_demos(n_demos: list[int]) -> int:
-    """The demo count of the headline table: the issue's low-data 10 when run, else the first."""
-    return 10 if 10 in n_demos else n_demos[0]
 
 
 def _zero_shot(ledger: Ledger, tasks: list[str], base: Optional[dict]) -> dict:
