@@ -4,8 +4,8 @@ r"""The headline experiment: adapt the frozen base to each held-out task with ev
     python -m vla_prefix.experiments.heldout suite=tabletop                 # the defaults (hours)
     python -m vla_prefix.experiments.heldout suite=tabletop methods=[scratch,full] seeds=[0]   # calibration
     python -m vla_prefix.experiments.heldout suite=tabletop n_demos=[10,50] device=cuda
-    python -m vla_prefix.experiments.heldout suite=metaworld steps=300 n_episodes=50 seeds=[0] \
-        max_episode_steps=200 forgetting_task=[metaworld-reach-v3,metaworld-push-v3]
+    python -m vla_prefix.experiments.heldout suite=metaworld n_episodes=50 seeds=[0] \
+        forgetting_task=[metaworld-reach-v3,metaworld-push-v3]
 
 For every held-out task, method, training seed and demo count, each method is trained by the one trainer
 (`vla_prefix.training.trainer.train`) on the same first `n_demos` demos with the same step budget, once

@@ -252,7 +252,8 @@ def complete_mean(method_summary: Optional[dict]) -> Optional[dict]:
 def goal_checks(summary: dict, goals: dict, n_demos: int) -> list[dict]:
     """The issue's targets against the `prefix` method's summary at `n_demos` (empty until prefix is complete).
 
-    Only complete means count (`complete_mean`). Each check: {goal, target, measured, met}; `measured` is a success rate, a ratio of two, or a percentage.
+    Only complete means count (`complete_mean`). Each check: {goal, target, measured, met}; `measured` is
+    a success rate, a ratio of two, or a percentage.
     """
     methods = summary["n_demos"].get(str(n_demos), {})
     prefix_mean = complete_mean(methods.get("prefix"))

@@ -130,8 +130,9 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
         params = "–" if m0["trainable_params"] is None else f"{m0['trainable_params']:,}"
         pct = "–" if m0["trainable_pct"] is None else f"{m0['trainable_pct']:.3g}%"
         time_s = "–" if m0["train_wall_s"] is None else f"{m0['train_wall_s']:.0f} s"
-        success = " | ".join(_mean(summary["n_demos"][n][method]) for n in demos)
-        forgetting = " | ".join(_forgetting(summary["n_demos"][n][method]["forgetting"]) for n in demos)
+        per_demos = [summary["n_demos"][n][method] for n in demos]
+        success = " | ".join(_mean(m) for m in per_demos)
+        forgetting = " | ".join(_forgetting(m["forgetting"]) for m in per_demos)
         lines.append(f"| {method} | {params} | {pct} | {_bytes(m0['stored_bytes'])} | {time_s} | {success} | "
                      f"{forgetting} |")
     base = summary.get("base_forgetting")
