@@ -108,7 +108,6 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
     proto, config, summary = results["protocol"], results["config"], results["summary"]
     demos = [str(n) for n in config["n_demos"]]
     methods = config["methods"]
-    first = summary["n_demos"][demos[0]]
     source = f"`{path}`" if path else "the results file"
     lines = [
         f"<!-- generated from {path or 'the results file'} by `python -m vla_prefix.experiments.report`; "
@@ -126,11 +125,11 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
         "|---" * (5 + 2 * len(demos)) + "|",
     ]
     for method in methods:
-        m0 = first[method]
+        per_demos = [summary["n_demos"][n][method] for n in demos]
+        m0 = per_demos[0]  # params and bytes do not depend on the demo count; time: the first count's runs
         params = "–" if m0["trainable_params"] is None else f"{m0['trainable_params']:,}"
         pct = "–" if m0["trainable_pct"] is None else f"{m0['trainable_pct']:.3g}%"
         time_s = "–" if m0["train_wall_s"] is None else f"{m0['train_wall_s']:.0f} s"
-        per_demos = [summary["n_demos"][n][method] for n in demos]
         success = " | ".join(_mean(m) for m in per_demos)
         forgetting = " | ".join(_forgetting(m["forgetting"]) for m in per_demos)
         lines.append(f"| {method} | {params} | {pct} | {_bytes(m0['stored_bytes'])} | {time_s} | {success} | "
