@@ -192,7 +192,8 @@ def test_train_overrides_flatten_and_metaworld_defaults():
 
 
 def test_headline_preset_is_the_committed_results_protocol(monkeypatch):
-    """conf/experiments/tabletop_headline.yaml resumes results/tabletop/heldout.json: the same protocol."""
+    """conf/experiments/tabletop_headline.yaml resumes results/tabletop/heldout.json: the same protocol,
+    also when a run takes only some methods (a calibration, or two processes splitting the methods)."""
     from hydra import compose, initialize_config_dir
 
     from vla_prefix.models.vla import VLA
@@ -203,7 +204,10 @@ def test_headline_preset_is_the_committed_results_protocol(monkeypatch):
         cfg = heldout.as_config(compose("tabletop_headline"))
     committed = json.loads(Path(cfg.results).read_text())["protocol"]
     forgetting = heldout._task_ids(cfg.suite, cfg.forgetting_task, "pretrain", "forgetting_task")
-    assert heldout.protocol(cfg, VLA.from_pretrained(cfg.base).fingerprint(), forgetting) == committed
+    fingerprint = VLA.from_pretrained(cfg.base).fingerprint()
+    for methods in (cfg.methods, ["scratch", "full"]):
+        cfg.methods = methods
+        assert heldout.protocol(cfg, fingerprint, forgetting) == committed
     assert cfg.n_demos == [10, 50] and cfg.seeds == [0, 1, 2] and cfg.train_overrides == {
         "val.every": 100, "val.n_episodes": 10}
 

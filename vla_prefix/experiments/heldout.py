@@ -196,7 +196,8 @@ def protocol(cfg: HeldoutConfig, base_fingerprint: str, forgetting_ids: list[str
 
 def prefix_configs(cfg: HeldoutConfig) -> dict:
     """Each prefix method's composed prefix config (conf/prefix/*.yaml as it is now): an edited
-    config file must not resume onto cells trained with the old one."""
+    config file must not resume onto cells trained with the old one. Always both prefix methods, so
+    that a run of some methods (a calibration without them) and a later run of the rest share one file."""
     from dataclasses import asdict
 
     from ..sweep import hydra_value
@@ -204,7 +205,7 @@ def prefix_configs(cfg: HeldoutConfig) -> dict:
 
     return {method: asdict(compose_train_config({k: hydra_value(v) for k, v in {
         **cfg.train_overrides, **cfg.method_overrides.get(method, {}), "data.path": "unused"}.items()}).prefix)
-        for method in cfg.methods if method in PREFIX_METHODS}
+        for method in PREFIX_METHODS}
 
 
 def load_results(path: Path, proto: dict) -> dict:
