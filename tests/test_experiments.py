@@ -9,7 +9,8 @@ import pytest
 
 from conftest import HELDOUT_TASK, PRETRAIN_TASKS
 from vla_prefix.errors import ConfigError, VLAPrefixError
-from vla_prefix.experiments import heldout, report
+from vla_prefix.experiments import heldout, merge, report
+from vla_prefix.experiments.records import record_key
 from vla_prefix.prefix.io import read_prefix_metadata
 from vla_prefix.seeds import SEED_RANGES
 
@@ -139,6 +140,33 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     with pytest.raises(ConfigError, match="prefix_configs.prefix.visual.reparam: False there, True now"):
         heldout.run(settings)
     path.write_text(json.dumps(on_disk))
+
+    # ---- shards: the experiment split by method into two files merges back into the same summary
+    def shard(methods: list[str]) -> dict:
+        config = {**on_disk["config"], "methods": methods,
+                  "lr_grid": {m: g for m, g in on_disk["config"]["lr_grid"].items() if m in methods}}
+        return {**on_disk, "config": config, "records": [r for r in on_disk["records"]
+                                                         if r["method"] in methods + ["base"]]}
+
+    target, other = tmp_path / "shard_a.json", tmp_path / "shard_b.json"
+    target.write_text(json.dumps(shard(["prefix", "zero-shot"])))
+    other.write_text(json.dumps(shard(["head", "zero-shot"])))
+    assert json.loads(target.read_text())["summary"] == on_disk["summary"]  # (shards start with the file's)
+    merge.main([str(target), str(other)])
+    merged = json.loads(target.read_text())
+    assert len(merged["records"]) == len(on_disk["records"])
+    assert {record_key(r) for r in merged["records"]} == {record_key(r) for r in on_disk["records"]}
+    assert merged["config"] == on_disk["config"] and merged["runs"] == on_disk["runs"]
+    assert merged["summary"] == on_disk["summary"] and merged["figures"] == ["heldout_success.png"]
+    clash = shard(["head"])
+    next(r for r in clash["records"] if r["stage"] == "eval")["n_successes"] += 1
+    with pytest.raises(ConfigError, match="both hold the cell .*'eval'.*'head'.* with different numbers"):
+        merge.merge(merged, clash)
+    with pytest.raises(ConfigError, match=r"another protocol \(differs in steps\)"):
+        merge.merge(merged, {**shard(["head"]), "protocol": {**on_disk["protocol"], "steps": 4}})
+    with pytest.raises(SystemExit) as exit_info:
+        merge.main([str(target), str(target)])
+    assert exit_info.value.code == 2 and "both the target and a shard" in capsys.readouterr().err
 
     # ---- the report: a README block between the suite's markers, every number from the JSON
     readme = tmp_path / "README.md"

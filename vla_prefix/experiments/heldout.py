@@ -20,8 +20,10 @@ with Wilson 95% CIs, trainable params, stored bytes per task and training time) 
 beside it; checkpoints and models go under `out` (default outputs/experiments/<suite>). A record is
 appended after every finished cell, so rerunning the same command resumes: finished (task, method,
 seed, n_demos, lr) cells are skipped, and an interrupted training continues from its last checkpoint.
-A results file made with another protocol (base, data, steps, episodes, ...) is refused. Render the
-README table with `python -m vla_prefix.experiments.report <results> --readme README.md`.
+A results file made with another protocol (base, data, steps, episodes, ...) is refused. Shards (other
+`methods=` or `task=`, own `results=` and `out=`) run side by side and merge with
+`python -m vla_prefix.experiments.merge`. Render the README table with
+`python -m vla_prefix.experiments.report <results> --readme README.md`.
 """
 
 from __future__ import annotations
