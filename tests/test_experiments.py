@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from conftest import HELDOUT_TASK, PRETRAIN_TASKS
 from vla_prefix.errors import ConfigError, VLAPrefixError
 from vla_prefix.experiments import heldout, merge, report
-from vla_prefix.experiments.records import record_key
+from vla_prefix.experiments.records import Ledger, record_key
 from vla_prefix.prefix.io import read_prefix_metadata
 from vla_prefix.seeds import SEED_RANGES
 
@@ -130,6 +131,16 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     assert redone["runs"][-1]["cells_run"] == 3
     assert {(r["stage"], r["method"], r["lr"]) for r in redone["records"][-3:]} == lost
     assert redone["summary"]["n_demos"] == on_disk["summary"]["n_demos"]  # deterministic: the same numbers
+    # a recorded model that is gone (the results file moved to another machine) is trained again, same seed
+    shutil.rmtree(head["run_dir"])
+    gone = {("eval", "head", 1e-3), ("forgetting", "head", 1e-3)}
+    path.write_text(json.dumps({**on_disk, "records": [r for r in on_disk["records"]
+                                                       if (r["stage"], r["method"], r["lr"]) not in gone]}))
+    again = heldout.run(settings)
+    assert again["runs"][-1]["cells_run"] == 2 and Path(head["artifact"], "model.safetensors").is_file()
+    for stage, method, lr in gone:  # the same weights (fingerprint) as the model first trained
+        assert Ledger(again["records"]).get(stage, HELDOUT_TASK, method, 0, 2, lr)["backbone_fingerprint"] == \
+            records[(stage, method, lr)]["backbone_fingerprint"]
     with pytest.raises(ConfigError, match="another protocol.*steps: 3 there, 4 now"):
         heldout.run({**settings, "steps": 4})
     # ... and so is one whose prefix config file has changed since (here: the MLP turned off on disk)

@@ -267,20 +267,26 @@ class Experiment:
             train_cfg.model = base_architecture(cfg.base)
         return train_cfg
 
-    def train_cell(self, task: str, method: str, seed: int, n: int, lr: float, validate: bool) -> dict:
+    def training(self, task: str, method: str, seed: int, n: int, lr: float) -> tuple[Path, dict, bool]:
+        """(run dir, train summary, resumed) of one grid lr's training under `out`, run here unless its
+        model is already there (trained before its record was written, an interruption in between)."""
         from ..training.checkpoint import checkpoint_dir
 
         run_dir = self.out / task / method / f"demos{n}" / f"seed{seed}" / f"lr{lr:g}"
         done = run_dir / "train_summary.json"
-        resumed = checkpoint_dir(run_dir).exists() and not done.exists()  # then train_wall_s is the last part only
-        if done.exists():  # trained before the record was written (interrupted in between)
+        if done.exists():
             summary = json.loads(done.read_text())
-        else:
-            from ..training import trainer
+            if Path(artifact_of(method, task, summary)).exists():
+                return run_dir, summary, False
+            done.unlink()  # its model was deleted: train it again
+        resumed = checkpoint_dir(run_dir).exists()  # then train_wall_s is the last part only
+        from ..training import trainer
 
-            summary = trainer.train(self.train_config(task, method, seed, n, lr), run_dir)
-        artifact = (summary["outputs"]["prefixes"][task] if method in PREFIX_METHODS
-                    else summary["outputs"]["model"])
+        return run_dir, trainer.train(self.train_config(task, method, seed, n, lr), run_dir), resumed
+
+    def train_cell(self, task: str, method: str, seed: int, n: int, lr: float, validate: bool) -> dict:
+        run_dir, summary, resumed = self.training(task, method, seed, n, lr)
+        artifact = artifact_of(method, task, summary)
         stored = summary["outputs"]["lora_adapter"] if method == "lora" else artifact
         val = None
         if validate:
@@ -308,14 +314,21 @@ class Experiment:
                 self.train_cell(task, method, seed, n, lr, validate=len(grid) > 1)
         lr = self.ledger.chosen_lr(config, task, method, seed, n)
         trained = self.ledger.get("train", task, method, seed, n, lr)
-        if self.ledger.get("eval", task, method, seed, n, lr) is None:
+        needs_eval = self.ledger.get("eval", task, method, seed, n, lr) is None
+        needs_forgetting = bool(forgetting_ids) and method in FORGETTING_METHODS and \
+            self.ledger.get("forgetting", task, method, seed, n, lr) is None
+        if (needs_eval or (needs_forgetting and method not in PREFIX_METHODS)) and \
+                not Path(trained["artifact"]).exists():  # recorded on another machine, or `out` was deleted
+            self.log(f"retrain {method} lr={lr:g} (its model {trained['artifact']} is gone; same seed)", task, seed, n)
+            run_dir, summary, _ = self.training(task, method, seed, n, lr)
+            trained = {**trained, "run_dir": str(run_dir), "artifact": artifact_of(method, task, summary)}
+        if needs_eval:
             self.log(f"eval {method} lr={lr:g}", task, seed, n)
             info = self.evaluate(*self.policy(method, trained["artifact"]), [task], "eval", self.cfg.n_episodes,
                                  Path(trained["run_dir"]) / "eval", self.cameras)
             self.add({"stage": "eval", "task": task, "method": method, "seed": seed, "n_demos": n, "lr": lr,
                       **_eval_fields(info, task), "eval_info": str(Path(trained["run_dir"]) / "eval" / "eval_info.json")})
-        if forgetting_ids and method in FORGETTING_METHODS and \
-                self.ledger.get("forgetting", task, method, seed, n, lr) is None:
+        if needs_forgetting:
             self.forgetting(task, method, seed, n, lr, trained, forgetting_ids)
 
     def forgetting(self, task, method, seed, n, lr, trained: dict, forgetting_ids: list[str]) -> None:
@@ -369,6 +382,12 @@ def forgetting_rates(info: dict) -> dict:
     """Per forgetting task and pooled (the tasks have equal episode counts, so pooled = mean of tasks)."""
     tasks = {t: rate(r) for t, r in info["tasks"].items()}
     return {"tasks": tasks, **pooled((r["n_successes"], r["n_episodes"]) for r in tasks.values())}
+
+
+def artifact_of(method: str, task: str, train_summary: dict) -> str:
+    """What a training made for `task`: its prefix file (prefix methods) or its model folder."""
+    outputs = train_summary["outputs"]
+    return outputs["prefixes"][task] if method in PREFIX_METHODS else outputs["model"]
 
 
 def kept_checkpoint(train_summary: dict) -> Optional[dict]:
