@@ -311,6 +311,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert "| full | 100 | 100% | 400 B | 2 s | 0.50 [" in block and "partial (1/2 cells; per task below)" in block
     assert "| full | 4 | 3 (75%) | 1 (25%) |" in block  # 5 demos: failed episodes by what was engaged
     assert "| 0.0003 | 200 |" in block  # the chosen lr and the step its checkpoint was kept at
+    assert block.count(" (1/2 seeds) |") == 1  # 10 demos: the per-task cell says it pools only seed 0
     assert "| success, 5 demos | success, 10 demos | forgetting after 5 demos | forgetting after 10 demos |" in block
 
 

@@ -33,6 +33,12 @@ def _rate(r: Optional[dict]) -> str:
     return f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _task_rate(r: Optional[dict], n_seeds: int) -> str:
+    """A per-task cell; one pooled over fewer seeds than the config's says how many it has."""
+    seeds = (r or {}).get("seeds")
+    return _rate(r) + (f" ({len(seeds)}/{n_seeds} seeds)" if seeds is not None and len(seeds) < n_seeds else "")
+
+
 def _bytes(n: Optional[int]) -> str:
     if n is None:
         return "–"
@@ -148,7 +154,7 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
         for method in methods:
             m = summary["n_demos"][n][method]
             steps = ", ".join(map(str, m.get("kept_steps") or [])) or "–"
-            lines.append(f"| {method} | " + " | ".join(_rate(m["tasks"].get(t)) for t in tasks)
+            lines.append(f"| {method} | " + " | ".join(_task_rate(m["tasks"].get(t), len(config["seeds"])) for t in tasks)
                          + f" | {_lr(m['lr'])} | {steps} |")
     for n in demos:
         lines += _failures_table(summary["n_demos"][n], methods, n)
