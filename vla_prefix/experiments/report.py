@@ -154,8 +154,8 @@ def render(results: dict, path: Optional[Path] = None, relative_to: Optional[Pat
         for method in methods:
             m = summary["n_demos"][n][method]
             steps = ", ".join(map(str, m.get("kept_steps") or [])) or "–"
-            lines.append(f"| {method} | " + " | ".join(_task_rate(m["tasks"].get(t), len(config["seeds"])) for t in tasks)
-                         + f" | {_lr(m['lr'])} | {steps} |")
+            cells = " | ".join(_task_rate(m["tasks"].get(t), len(config["seeds"])) for t in tasks)
+            lines.append(f"| {method} | {cells} | {_lr(m['lr'])} | {steps} |")
     for n in demos:
         lines += _failures_table(summary["n_demos"][n], methods, n)
     lines += _goals_table(summary.get("goals", {}))
