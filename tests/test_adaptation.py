@@ -35,8 +35,7 @@ def fit(mode: str, demos, run: Path) -> float:
     return losses[0] / (sum(losses[-10:]) / 10)
 
 
-def test_prefix_overfits_a_handful_of_heldout_demos_with_head_as_reference(heldout_demos, tmp_path):
+def test_prefix_overfits_a_handful_of_heldout_demos(heldout_demos, tmp_path):
+    # the head-only reference fit was dropped from CI: it asserted nothing and doubled the suite's longest test
     prefix_ratio = fit("prefix", heldout_demos, tmp_path / "prefix")
-    head_ratio = fit("head", heldout_demos, tmp_path / "head")
-    print(f"loss fell {prefix_ratio:.1f}x with the prefix, {head_ratio:.1f}x with the head alone")
-    assert prefix_ratio > 10, f"prefix loss fell only {prefix_ratio:.1f}x (head: {head_ratio:.1f}x)"
+    assert prefix_ratio > 10, f"prefix loss fell only {prefix_ratio:.1f}x"
