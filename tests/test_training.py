@@ -57,6 +57,23 @@ def test_every_mode_trains_and_writes_its_outputs(mode, tiny_base, tabletop_demo
     assert 0 < summary["trainable_pct"] <= 100
 
 
+@pytest.mark.parametrize("freeze", [["vision"], ["trunk", "projector", "head", "proprio_proj", "camera_embed",
+                                                      "readout_embed"]])
+def test_full_mode_keeps_the_frozen_parts_unchanged(freeze, tiny_base, tabletop_demos, tmp_path):
+    summary = train(adapt("full", tiny_base, tabletop_demos, freeze=f"[{','.join(freeze)}]"), tmp_path)
+    model, base = VLA.from_pretrained(summary["outputs"]["model"]), VLA.from_pretrained(tiny_base)
+    changed = {n.split(".")[0] for n, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[n])}
+    assert changed and not changed & set(freeze)
+    assert summary["trainable_params"] < summary["total_params"]
+
+
+@pytest.mark.parametrize("mode,freeze,fix", [("prefix", "[vision]", "remove freeze"),
+                                             ("full", "[encoder]", "choose among")])
+def test_bad_freeze_fails_with_the_fix(mode, freeze, fix, tiny_base, tabletop_demos, tmp_path):
+    with pytest.raises(ConfigError, match=fix):
+        train(adapt(mode, tiny_base, tabletop_demos, freeze=freeze), tmp_path)
+
+
 def test_prefix_training_leaves_the_base_untouched(tiny_base, tabletop_demos, tmp_path):
     before = VLA.from_pretrained(tiny_base).fingerprint()
     train(adapt("prefix", tiny_base, tabletop_demos), tmp_path)

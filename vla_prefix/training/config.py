@@ -78,6 +78,7 @@ class TrainConfig:
     model: Any = MISSING  # conf/model/*.yaml: used to build pretrain/scratch backbones
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    freeze: List[str] = field(default_factory=list)  # backbone parts kept frozen in full/scratch/pretrain, e.g. [vision]
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     val: ValConfig = field(default_factory=ValConfig)

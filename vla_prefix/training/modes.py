@@ -3,6 +3,7 @@
     pretrain  everything, multi-task, fresh backbone
     scratch   everything, fresh backbone, on the target task(s)
     full      everything, starting from the base
+    (`freeze` keeps named backbone parts frozen in the modes that train everything, e.g. [vision])
     head      the action head only
     lora      PEFT LoRA adapters on the LM trunk
     prefix    one PrefixSet per task (deep and/or shallow, per the prefix config)
@@ -24,6 +25,7 @@ from ..prefix.tensors import gather_rows
 
 PREFIX_MODES = ("prefix", "prompt")
 FRESH_MODES = ("pretrain", "scratch")
+BACKBONE_MODES = FRESH_MODES + ("full",)  # the modes that train the whole backbone
 
 
 class Learner(nn.Module):
@@ -65,10 +67,13 @@ def prompt_config(prefix: PrefixConfig) -> PrefixConfig:
 
 
 def make_learner(mode: str, backbone: VLA, task_ids: list[str], instructions: dict[str, str],
-                 prefix_cfg: PrefixConfig, lora_cfg, seed: int) -> Learner:
-    """Freeze what the mode does not train, add what it does. Fails loudly if nothing would train."""
+                 prefix_cfg: PrefixConfig, lora_cfg, seed: int, freeze: list[str] = ()) -> Learner:
+    """Freeze what the mode does not train (and the `freeze` parts), add what it does.
+    Fails loudly if nothing would train."""
     for p in backbone.parameters():
-        p.requires_grad_(mode in FRESH_MODES + ("full",))
+        p.requires_grad_(mode in BACKBONE_MODES)
+    for part in backbone_parts(backbone, freeze, mode):
+        part.requires_grad_(False)
     prefixes = None
     if mode == "head":
         for p in backbone.head.parameters():
@@ -83,6 +88,20 @@ def make_learner(mode: str, backbone: VLA, task_ids: list[str], instructions: di
         raise ConfigError(f"mode={mode} leaves nothing to train (prefix lengths all 0?); "
                           "set prefix.visual.length or prefix.language.length > 0")
     return learner
+
+
+def backbone_parts(backbone: VLA, names, mode: str) -> list[nn.Module | nn.Parameter]:
+    """The backbone's top-level parts named in `names` (vision, trunk, projector, head, ...)."""
+    if not names:
+        return []
+    if mode not in BACKBONE_MODES:
+        raise ConfigError(f"freeze={list(names)} applies to the modes that train the backbone {BACKBONE_MODES}; "
+                          f"mode={mode} already keeps it frozen: remove freeze")
+    parts = {name.split(".")[0] for name, _ in backbone.named_parameters()}
+    unknown = sorted(set(names) - parts)
+    if unknown:
+        raise ConfigError(f"freeze names unknown backbone parts {unknown}; choose among {sorted(parts)}")
+    return [getattr(backbone, name) for name in names]
 
 
 def attach_lora(backbone: VLA, lora_cfg) -> None:

@@ -30,7 +30,7 @@ from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
 from .distributed import DistContext, loss_terms, session
 from .loggers import NullLogger, RunLogger
-from .modes import FRESH_MODES, PREFIX_MODES, make_learner, merge_lora
+from .modes import BACKBONE_MODES, FRESH_MODES, PREFIX_MODES, make_learner, merge_lora
 from .validation import restore_state, trainable_state, validate
 
 
@@ -61,7 +61,7 @@ def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
 
 
 def vision_trains(cfg: TrainConfig) -> bool:
-    return cfg.mode in FRESH_MODES + ("full",)
+    return cfg.mode in BACKBONE_MODES and "vision" not in cfg.freeze
 
 
 def feature_cache_valid(cfg: TrainConfig) -> bool:
@@ -166,7 +166,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         backbone.set_normalization(**normalization_stats(episodes))
     backbone_params = backbone.num_parameters()
     learner = make_learner(cfg.mode, backbone, task_ids, {t.id: t.instruction for t in tasks},
-                           cfg.prefix, cfg.lora, cfg.seed).to(cfg.device)
+                           cfg.prefix, cfg.lora, cfg.seed, cfg.freeze).to(cfg.device)
 
     dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk,
                            cfg.data.augment_shift)
