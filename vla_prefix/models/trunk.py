@@ -2,7 +2,7 @@
 
 It reads the whole multimodal sequence as `inputs_embeds`, with an explicit additive 4D mask and
 explicit `position_ids`. Deep prefixes enter through `prefix_cache`, the one place where prefix
-K/V meet transformers' Cache API.
+K/V meet transformers' Cache API; FFN memory enters through forward hooks on the layers' `mlp`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib.resources
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers import AutoConfig, DynamicCache
@@ -101,8 +102,38 @@ class LMTrunk(nn.Module):
             cache.update(keys, values, layer)
         return cache
 
-    def forward(self, embeds, mask, position_ids, prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
-        """embeds (B, T, hidden), mask (B, 1, T, P+T) additive, position_ids (B, T) -> hidden (B, T, hidden)."""
+    def mlp_modules(self) -> list[nn.Module]:
+        """Each layer's feed-forward block, in layer order (the modules named `...mlp`, as in Llama, Qwen2, GPT-2)."""
+        mlps = [m for name, m in self.model.named_modules() if name.split(".")[-1] == "mlp"]
+        if len(mlps) != self.n_layers:
+            raise ConfigError(f"prefix.memory needs a trunk whose {self.n_layers} layers each have an `mlp` module; "
+                              f"{self.model_class} has {len(mlps)}: use a Llama/Qwen2/GPT-2 trunk or prefix.memory.length=0")
+        return mlps
+
+    def forward(self, embeds, mask, position_ids, prefix_kv: torch.Tensor | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds (B, T, hidden), mask (B, 1, T, P+T) additive, position_ids (B, T) -> hidden (B, T, hidden).
+
+        memory (n_layers, 2, B, M, hidden): per-layer FFN keys and values; each layer's MLP output
+        gains silu(x K^T) V for its input x (zero-padded slots add exactly 0).
+        """
         cache = None if prefix_kv is None else self.prefix_cache(prefix_kv)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=False)
+        hooks = [] if memory is None else [mlp.register_forward_hook(_memory_hook(keys, values))
+                                           for mlp, (keys, values) in zip(self.mlp_modules(), memory)]
+        try:
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache,
+                             use_cache=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
         return out.last_hidden_state
+
+
+def _memory_hook(keys: torch.Tensor, values: torch.Tensor):
+    """A forward hook adding silu(x K^T) V to an MLP's output. keys, values (B, M, hidden)."""
+
+    def hook(module, args, output):
+        x = args[0]  # (B, T, hidden)
+        return output + F.silu(x @ keys.transpose(1, 2).to(x.dtype)) @ values.to(x.dtype)
+
+    return hook

@@ -230,7 +230,10 @@ class VLA(nn.Module):
         key_blocks = torch.cat([torch.full((s.length,), block, device=device) for s, block in kv] + [token_blocks])
         key_valid = torch.cat([s.valid_mask() for s, _ in kv] + [token_valid], dim=1)
         mask = block_causal_mask(token_blocks, key_blocks, key_valid, embeds.dtype)
-        hidden = self.trunk(embeds, mask, position_ids_from_valid(token_valid), prefix_kv)
+        memory = None  # FFN memory (n_layers, 2, B, M, hidden); masked slots zeroed, so they add exactly 0
+        if prefix.memory is not None:
+            memory = prefix.memory.value.to(visual.dtype) * prefix.memory.valid_mask()[None, None, :, :, None]
+        hidden = self.trunk(embeds, mask, position_ids_from_valid(token_valid), prefix_kv, memory)
         return hidden, token_blocks
 
     def readout_states(self, batch: dict, prefix: PrefixTensors | None = None) -> torch.Tensor:

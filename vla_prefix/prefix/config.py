@@ -1,4 +1,4 @@
-"""Prefix configuration: two independent streams, `visual` and `language`."""
+"""Prefix configuration: two independent streams, `visual` and `language`, and optional FFN `memory`."""
 
 from __future__ import annotations
 
@@ -33,19 +33,32 @@ class StreamConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Per-layer FFN memory slots: `length` extra key/value pairs added to every trunk layer's MLP,
+    out += act(x K^T) V, where x is the MLP's input (Geva et al.: an FFN is a key-value memory).
+    Attention prefixes can only add attention outputs; these let a task change what the FFNs write.
+    Keys start random, values at zero, so an untrained memory leaves the backbone's output unchanged.
+    length 0 (the default) disables it.
+    """
+
+    length: int = 0
+
+
+@dataclass
 class PrefixConfig:
     """`shared=True` is the ablation: one prefix of length visual+language, before the visual stream only."""
 
     visual: StreamConfig = field(default_factory=StreamConfig)
     language: StreamConfig = field(default_factory=StreamConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     shared: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrefixConfig":
         d = dict(d)
-        unknown = set(d) - {"visual", "language", "shared"}
+        unknown = set(d) - {"visual", "language", "memory", "shared"}
         if unknown:
-            raise ConfigError(f"unknown prefix config keys {sorted(unknown)}; expected visual, language, shared")
+            raise ConfigError(f"unknown prefix config keys {sorted(unknown)}; expected visual, language, memory, shared")
         streams = {}
         for name in ("visual", "language"):
             s = dict(d.get(name) or {})
@@ -54,7 +67,10 @@ class PrefixConfig:
                 raise ConfigError(f"unknown keys {sorted(bad)} in prefix.{name}; "
                                   f"valid keys: {sorted(StreamConfig.__dataclass_fields__)}")
             streams[name] = StreamConfig(**s)
-        return cls(**streams, shared=bool(d.get("shared", False)))
+        memory = dict(d.get("memory") or {})
+        if set(memory) - {"length"}:
+            raise ConfigError(f"unknown keys {sorted(set(memory) - {'length'})} in prefix.memory; valid keys: ['length']")
+        return cls(**streams, memory=MemoryConfig(**memory), shared=bool(d.get("shared", False)))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,8 +92,9 @@ class PrefixConfig:
             if s.site == "encoder" and s.init != "random" and s.length > 0:
                 raise ConfigError(f"{where}.init={s.init!r} needs token embeddings, which the ViT does not have; "
                                   "use init=random with site=encoder")
+        if not isinstance(self.memory.length, int) or self.memory.length < 0:
+            raise ConfigError(f"prefix.memory.length must be an integer >= 0, got {self.memory.length!r}")
         if not self.shared:
             return self
         total = self.visual.length + self.language.length
-        return PrefixConfig(visual=replace(self.visual, length=total), language=replace(self.language, length=0),
-                            shared=True)
+        return replace(self, visual=replace(self.visual, length=total), language=replace(self.language, length=0))

@@ -24,6 +24,7 @@ from ..errors import FingerprintMismatchError, PrefixFileError
 from ..utils.atomic import atomic_write_bytes
 from .config import PrefixConfig
 from .prefix_set import PrefixSet, stream_shape
+from .tensors import STREAMS
 
 FORMAT = "vla-prefix/1"
 
@@ -95,7 +96,7 @@ def load_prefix(path, backbone) -> tuple[PrefixSet, dict]:
         raise PrefixFileError(f"{path} is corrupt: its tensor bytes do not match the stored checksum; re-export it")
     config = PrefixConfig.from_dict(meta["prefix_config"]).resolved()
     expected = {name: stream_shape(getattr(config, name), backbone)
-                for name in ("visual", "language") if getattr(config, name).length > 0}
+                for name in STREAMS if getattr(config, name).length > 0}
     if set(expected) != set(tensors):
         raise PrefixFileError(f"{path} holds streams {sorted(tensors)} but its config needs {sorted(expected)}")
     for name, shape in expected.items():

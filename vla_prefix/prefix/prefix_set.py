@@ -6,6 +6,7 @@ Each stream stores one tensor, position-first (canonical layout, also the file l
     trunk, deep:       (L, n_layers, 2, n_kv_heads, head_dim)     K and V for every trunk layer
     encoder, shallow:  (L, vit_width)
     encoder, deep:     (L, vit_depth, vit_width)                  VPT-deep: new prompts per ViT block
+    memory:            (L, n_layers, 2, hidden)                   FFN keys and values for every trunk layer
 
 With `reparam`, training goes through a residual MLP, value = P + MLP(P) per position, whose last
 layer starts at zero (so the initialisation is kept exactly). `fold()` computes the value once and
@@ -20,20 +21,25 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .config import PrefixConfig, StreamConfig
-from .tensors import PrefixTensors, StreamPrefix
+from .config import MemoryConfig, PrefixConfig, StreamConfig
+from .tensors import STREAMS, PrefixTensors, StreamPrefix
 
 
-def stream_kind(stream: StreamConfig) -> str:
+def stream_kind(stream: StreamConfig | MemoryConfig) -> str:
+    if isinstance(stream, MemoryConfig):
+        return "memory"
     if stream.site == "encoder":
         return "prompts"
     return "kv" if stream.depth == "deep" else "tokens"
 
 
-def stream_shape(stream: StreamConfig, backbone) -> tuple[int, ...]:
+def stream_shape(stream: StreamConfig | MemoryConfig, backbone) -> tuple[int, ...]:
     """Canonical (position-first) shape of a stream's tensor on `backbone`."""
     t, v = backbone.trunk, backbone.vision
-    kind, depth = stream_kind(stream), stream.depth
+    kind = stream_kind(stream)
+    if kind == "memory":
+        return (stream.length, t.n_layers, 2, t.hidden_size)
+    depth = stream.depth
     if kind == "kv":
         return (stream.length, t.n_layers, 2, t.n_kv_heads, t.head_dim)
     if kind == "tokens":
@@ -68,11 +74,13 @@ def to_stream_prefix(kind: str, value: torch.Tensor) -> StreamPrefix:
     """Canonical tensor (L, ...) -> a batch-1 `StreamPrefix` in the layout the backbone reads."""
     if kind == "kv":  # (L, n_layers, 2, h, d) -> (n_layers, 2, 1, h, L, d)
         return StreamPrefix(kind, value.permute(1, 2, 3, 0, 4).unsqueeze(2))
+    if kind == "memory":  # (L, n_layers, 2, hidden) -> (n_layers, 2, 1, L, hidden)
+        return StreamPrefix(kind, value.permute(1, 2, 0, 3).unsqueeze(2))
     return StreamPrefix(kind, value.unsqueeze(0))
 
 
 class PrefixSet(nn.Module):
-    """A task's visual and language prefixes. Only these parameters train; the backbone stays frozen.
+    """A task's visual and language prefixes and FFN memory. Only these train; the backbone stays frozen.
 
     `forward()` returns `PrefixTensors` for batch 1 (they broadcast to any batch).
     """
@@ -83,12 +91,15 @@ class PrefixSet(nn.Module):
         self.streams = nn.ModuleDict()
         self.kinds: dict[str, str] = {}
         generator = torch.Generator().manual_seed(seed)
-        for name in ("visual", "language"):
+        for name in STREAMS:
             stream = getattr(self.config, name)
             if stream.length == 0:
                 continue
-            init = initial_value(stream, backbone, stream.init_text or init_text, generator)
-            self.streams[name] = StreamParameters(init, stream.reparam, stream.reparam_hidden)
+            if name == "memory":
+                self.streams[name] = StreamParameters(initial_memory(stream, backbone, generator), False, 0)
+            else:
+                init = initial_value(stream, backbone, stream.init_text or init_text, generator)
+                self.streams[name] = StreamParameters(init, stream.reparam, stream.reparam_hidden)
             self.kinds[name] = stream_kind(stream)
 
     @classmethod
@@ -154,6 +165,14 @@ def initial_value(stream: StreamConfig, backbone, text: str | None, generator: t
             raise ConfigError(f"init_text {text!r} has no tokens")
         ids = torch.tensor((ids * math.ceil(stream.length / len(ids)))[: stream.length])
     return _token_values(kind, backbone, ids)
+
+
+def initial_memory(memory: MemoryConfig, backbone, generator: torch.Generator) -> torch.Tensor:
+    """(L, n_layers, 2, hidden): keys ~ N(0, 1/hidden), so x.k is O(1) on RMS-normalised inputs; values 0."""
+    shape = stream_shape(memory, backbone)
+    value = torch.zeros(shape)
+    value[:, :, 0] = torch.randn(shape[0], shape[1], shape[3], generator=generator) / math.sqrt(shape[3])
+    return value
 
 
 def _vocab_ids(backbone, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("tokens", "kv", "prompts")
+KINDS = ("tokens", "kv", "prompts", "memory")
+PER_LAYER_KINDS = ("kv", "memory")  # layer-first layout: batch at dim 2, positions at dim -2
+STREAMS = ("visual", "language", "memory")
 
 
 @dataclass
@@ -20,6 +22,7 @@ class StreamPrefix:
     kind = "tokens":  value (B, L, hidden)                      shallow, before the stream in the trunk
     kind = "kv":      value (n_layers, 2, B, n_kv_heads, L, head_dim)   deep, per-layer K/V in the trunk
     kind = "prompts": value (B, L, width) or (B, L, depth, width)  inside the ViT (VPT shallow / deep)
+    kind = "memory":  value (n_layers, 2, B, L, hidden)           FFN memory: per-layer keys and values
     valid: (B, L) bool, False for padding; None means every slot is valid.
     """
 
@@ -29,11 +32,15 @@ class StreamPrefix:
 
     @property
     def batch_dim(self) -> int:
-        return 2 if self.kind == "kv" else 0
+        return 2 if self.kind in PER_LAYER_KINDS else 0
+
+    @property
+    def position_dim(self) -> int:
+        return self.value.ndim - 2 if self.kind in PER_LAYER_KINDS else 1
 
     @property
     def length(self) -> int:
-        return self.value.shape[-2] if self.kind == "kv" else self.value.shape[1]
+        return self.value.shape[self.position_dim]
 
     @property
     def batch_size(self) -> int:
@@ -58,16 +65,17 @@ class StreamPrefix:
 
 @dataclass
 class PrefixTensors:
-    """The visual and language prefixes for one forward (either may be None)."""
+    """The visual and language prefixes and the FFN memory for one forward (any may be None)."""
 
     visual: StreamPrefix | None = None
     language: StreamPrefix | None = None
+    memory: StreamPrefix | None = None
 
     def expand(self, batch_size: int) -> "PrefixTensors":
-        return PrefixTensors(*(None if s is None else s.expand(batch_size) for s in (self.visual, self.language)))
+        return PrefixTensors(**{name: s.expand(batch_size) for name, s in self.streams().items()})
 
-    def streams(self):
-        return {name: s for name, s in (("visual", self.visual), ("language", self.language)) if s is not None}
+    def streams(self) -> dict[str, StreamPrefix]:
+        return {name: getattr(self, name) for name in STREAMS if getattr(self, name) is not None}
 
 
 def _pad_stream(s: StreamPrefix, length: int) -> StreamPrefix:
@@ -76,10 +84,9 @@ def _pad_stream(s: StreamPrefix, length: int) -> StreamPrefix:
     extra = length - s.length
     if extra == 0:
         return StreamPrefix(s.kind, s.value, valid)
-    pos_dim = s.value.ndim - 2 if s.kind == "kv" else 1
     pad_shape = list(s.value.shape)
-    pad_shape[pos_dim] = extra
-    value = torch.cat([s.value, s.value.new_zeros(pad_shape)], dim=pos_dim)
+    pad_shape[s.position_dim] = extra
+    value = torch.cat([s.value, s.value.new_zeros(pad_shape)], dim=s.position_dim)
     return StreamPrefix(s.kind, value, torch.cat([valid, valid.new_zeros(valid.shape[0], extra)], dim=1))
 
 
@@ -89,7 +96,7 @@ def gather_rows(prefixes: list[PrefixTensors], rows: torch.Tensor) -> PrefixTens
     Streams of different lengths are zero-padded and masked, so any mix of tasks fits one forward.
     """
     out = {}
-    for name in ("visual", "language"):
+    for name in STREAMS:
         streams = [getattr(p, name) for p in prefixes]
         present = [s for s in streams if s is not None]
         if not present:
@@ -101,7 +108,7 @@ def gather_rows(prefixes: list[PrefixTensors], rows: torch.Tensor) -> PrefixTens
         length = max(s.length for s in present)
         if any(s is None for s in streams):  # a task without this stream: a fully masked stand-in
             shape = list(like.value.shape)
-            shape[like.value.ndim - 2 if kind == "kv" else 1] = 0
+            shape[like.position_dim] = 0
             empty = StreamPrefix(kind, like.value.new_zeros(shape), torch.zeros(1, 0, dtype=torch.bool))
             streams = [empty if s is None else s for s in streams]
         padded = [_pad_stream(s, length) for s in streams]

@@ -86,7 +86,7 @@ def make_learner(mode: str, backbone: VLA, task_ids: list[str], instructions: di
     learner = Learner(mode, backbone, prefixes)
     if not learner.trainable_parameters():
         raise ConfigError(f"mode={mode} leaves nothing to train (prefix lengths all 0?); "
-                          "set prefix.visual.length or prefix.language.length > 0")
+                          "set prefix.visual.length, prefix.language.length or prefix.memory.length > 0")
     return learner
 
 
