@@ -437,7 +437,7 @@ def shared_train_config(train_cfg, grid: dict) -> dict:
     rerun after e.g. conf/prefix/deep.yaml changed is refused instead of mixing old and new rows."""
     from dataclasses import asdict
 
-    shared = {"prefix": asdict(train_cfg.prefix), "optim": asdict(train_cfg.optim)}
+    shared = {"prefix": train_cfg.prefix.as_dict(), "optim": asdict(train_cfg.optim)}
     for key in grid:
         *path, leaf = key.split(".")
         node = shared

@@ -200,13 +200,11 @@ def prefix_configs(cfg: HeldoutConfig) -> dict:
     """Each prefix method's composed prefix config (conf/prefix/*.yaml as it is now): an edited
     config file must not resume onto cells trained with the old one. Always both prefix methods, so
     that a run of some methods (a calibration without them) and a later run of the rest share one file."""
-    from dataclasses import asdict
-
     from ..sweep import hydra_value
     from ..training.config import compose_train_config
 
-    return {method: asdict(compose_train_config({k: hydra_value(v) for k, v in {
-        **cfg.train_overrides, **cfg.method_overrides.get(method, {}), "data.path": "unused"}.items()}).prefix)
+    return {method: compose_train_config({k: hydra_value(v) for k, v in {
+        **cfg.train_overrides, **cfg.method_overrides.get(method, {}), "data.path": "unused"}.items()}).prefix.as_dict()
         for method in PREFIX_METHODS}
 
 

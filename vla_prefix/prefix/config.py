@@ -73,7 +73,11 @@ class PrefixConfig:
         return cls(**streams, memory=MemoryConfig(**memory), shared=bool(d.get("shared", False)))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Plain dict; `memory` only when it is on, so configs and files from before it existed stay equal."""
+        d = asdict(self)
+        if self.memory.length == 0:
+            del d["memory"]
+        return d
 
     def resolved(self) -> "PrefixConfig":
         """Validated, with `shared` turned into its plain form (language length 0)."""
