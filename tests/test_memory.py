@@ -74,6 +74,14 @@ def test_mixed_batch_with_and_without_memory_matches_single_task_rows():
         torch.testing.assert_close(mixed[i : i + 1], vla.predict_actions(one, sets[r]), rtol=0, atol=1e-5)
 
 
+def test_config_dict_names_memory_only_when_it_is_on():
+    """Results files and prefix files from before `memory` existed must compare equal to new ones."""
+    assert "memory" not in PrefixConfig().as_dict()
+    on = with_memory(length=4)
+    assert on.as_dict()["memory"] == {"length": 4}
+    assert PrefixConfig.from_dict(on.as_dict()) == on
+
+
 def test_memory_config_errors_name_the_fix():
     with pytest.raises(ConfigError, match="memory.length must be an integer >= 0"):
         PrefixConfig(memory=MemoryConfig(length=-1)).resolved()
