@@ -121,6 +121,15 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
         again = heldout.run(settings)
     assert again["records"] == on_disk["records"] and again["runs"][-1]["cells_run"] == 0
     assert (Path(head["run_dir"]) / "train_summary.json").stat().st_mtime_ns == mtime
+    # a run of fewer cells (one method) keeps the file's other cells in its config, summary and report
+    with monkeypatch.context() as m:
+        _forbid(m, "train", "evaluate")
+        narrow = heldout.run({**settings, "methods": ["head"]})
+    assert narrow["runs"][-1]["cells_run"] == 0 and narrow["config"] == on_disk["config"]
+    assert narrow["summary"] == on_disk["summary"]
+    other = "first_seed" if on_disk["config"]["lr_selection"] == "per_seed" else "per_seed"
+    with pytest.raises(ConfigError, match=f"lr_selection='{other}'.*use the same lr_selection, or another results"):
+        heldout.run({**settings, "lr_selection": other})
     # cells lost after their work finished (a kill before the record was written): trained models are reused
     lost = {("train", "prefix", 1e-2), ("eval", "head", 1e-3), ("forgetting", "head", 1e-3)}
     kept = [r for r in on_disk["records"] if (r["stage"], r["method"], r["lr"]) not in lost]

@@ -208,6 +208,24 @@ def prefix_configs(cfg: HeldoutConfig) -> dict:
         for method in PREFIX_METHODS}
 
 
+def widen_config(recorded: dict, added: dict, source: str) -> dict:
+    """The results file's config widened by `added` (a run's or a shard's): the union of tasks, methods, seeds,
+    demo counts and lr grids, so a run of a few cells keeps every earlier cell in the summary and report.
+    Both must agree on lr selection and forgetting."""
+    for setting in ("lr_selection", "forgetting"):
+        if recorded[setting] != added[setting]:
+            raise ConfigError(f"{source} has {setting}={added[setting]!r}, the results file {recorded[setting]!r}; "
+                              f"use the same {setting}, or another results file")
+    union = lambda a, b: a + [x for x in b if x not in a]  # noqa: E731  (first-seen order)
+    grids = {m: union(recorded["lr_grid"].get(m, []), added["lr_grid"].get(m, []))
+             for m in METHODS if m in recorded["lr_grid"] or m in added["lr_grid"]}
+    return {"tasks": union(recorded["tasks"], added["tasks"]),
+            "methods": [m for m in METHODS if m in recorded["methods"] or m in added["methods"]],
+            "seeds": sorted(set(recorded["seeds"]) | set(added["seeds"])),
+            "n_demos": sorted(set(recorded["n_demos"]) | set(added["n_demos"])),
+            "lr_grid": grids, "lr_selection": recorded["lr_selection"], "forgetting": recorded["forgetting"]}
+
+
 def load_results(path: Path, proto: dict) -> dict:
     """The results so far (resume), or a new file's skeleton. Refuses a file made with another protocol."""
     empty = {"format": FORMAT, "protocol": proto, "runs": [], "records": []}
@@ -461,9 +479,10 @@ def run(cfg: HeldoutConfig | DictConfig | dict, command: Optional[str] = None) -
     check_gl()
     path = Path(cfg.results)
     results = load_results(path, protocol(cfg, VLA.from_pretrained(cfg.base).fingerprint(), forgetting_ids))
-    results["config"] = {"tasks": tasks, "methods": cfg.methods, "seeds": cfg.seeds, "n_demos": cfg.n_demos,
-                         "lr_grid": {m: cfg.lr_grid[m] for m in cfg.methods if m in TRAINED},
-                         "lr_selection": cfg.lr_selection, "forgetting": cfg.forgetting}
+    asked = {"tasks": tasks, "methods": cfg.methods, "seeds": cfg.seeds, "n_demos": cfg.n_demos,
+             "lr_grid": {m: cfg.lr_grid[m] for m in cfg.methods if m in TRAINED},
+             "lr_selection": cfg.lr_selection, "forgetting": cfg.forgetting}
+    results["config"] = asked if "config" not in results else widen_config(results["config"], asked, "this run")
     results["goals"] = GOALS.get(cfg.suite, {})
     results["runs"].append({"command": command,
                             "settings": {k: v for k, v in asdict(cfg).items() if k not in ("defaults", "hydra")},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, cli_errors
 from ..utils.atomic import atomic_write_json
-from .heldout import FORMAT, METHODS
+from .heldout import FORMAT, widen_config
 from .records import Ledger, record_key, summarize
 
 
@@ -32,14 +32,11 @@ def merge(results: dict, shard: dict, name: str = "shard") -> dict:
         raise ConfigError(f"{name} was made with another protocol (differs in {', '.join(differ)}); "
                           "only shards of one experiment merge")
     mine, theirs = results["config"], shard["config"]
-    for setting in ("lr_selection", "forgetting"):
-        if mine[setting] != theirs[setting]:
-            raise ConfigError(f"{name} has {setting}={theirs[setting]!r}, the target {mine[setting]!r}; "
-                              "only shards of one experiment merge")
     for method in set(mine["lr_grid"]) & set(theirs["lr_grid"]):
         if mine["lr_grid"][method] != theirs["lr_grid"][method]:
             raise ConfigError(f"{name} has lr_grid.{method}={theirs['lr_grid'][method]}, the target "
                               f"{mine['lr_grid'][method]}; only shards of one experiment merge")
+    widened = widen_config(mine, theirs, name)
     ledger = Ledger(results["records"])
     for record in shard["records"]:
         present = ledger.index.get(record_key(record))
@@ -49,13 +46,7 @@ def merge(results: dict, shard: dict, name: str = "shard") -> dict:
             raise ConfigError(f"{name} and the target both hold the cell {record_key(record)} with different "
                               "numbers; keep one of them (delete that record from the other file)")
     results["runs"] += [run for run in shard["runs"] if run not in results["runs"]]
-    results["config"] = {
-        "tasks": mine["tasks"] + [t for t in theirs["tasks"] if t not in mine["tasks"]],
-        "methods": [m for m in METHODS if m in mine["methods"] or m in theirs["methods"]],
-        "seeds": sorted(set(mine["seeds"]) | set(theirs["seeds"])),
-        "n_demos": sorted(set(mine["n_demos"]) | set(theirs["n_demos"])),
-        "lr_grid": {**theirs["lr_grid"], **mine["lr_grid"]},
-        "lr_selection": mine["lr_selection"], "forgetting": mine["forgetting"]}
+    results["config"] = widened
     results["summary"] = summarize(results)
     return results
 
