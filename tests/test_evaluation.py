@@ -289,6 +289,9 @@ def test_evaluate_writes_complete_deterministic_eval_info(saved, tmp_path):
     assert s["n_action_steps"] == 3 and s["image_size"] == 32 and s["seed_range"] == "eval"
     assert s["prefix"] == str(saved / "red.safetensors") and s["policy"]["prefix_task"] == RED
     assert s["backbone_fingerprint"] == s["policy"]["backbone_fingerprint"] and len(s["backbone_fingerprint"]) == 16
+    import torch  # the packages (and CPU kernels) whose numerics decide the rollouts are recorded
+    assert s["versions"]["torch"] == torch.__version__ and s["versions"]["torch_cpu_capability"]
+    assert {"mujoco", "transformers", "timm"} <= set(s["versions"])
     assert (tmp_path / "a" / info["tasks"][RED]["videos"][0]).is_file()
     assert "overall (mean of tasks)" in format_table(info)
     again = evaluate(settings(saved, tmp_path / "b", n_action_steps=3))

@@ -275,12 +275,18 @@ def _auto_threads(cfg: EvalConfig) -> int:
 
 
 def _versions() -> dict:
+    """The packages whose numerics decide the rollouts (a one-ulp change can flip a marginal episode)."""
     import gymnasium
     import mujoco
+    import timm
+    import torch
+    import transformers
 
     from . import __version__
 
-    return {"vla_prefix": __version__, "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__}
+    return {"vla_prefix": __version__, "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__,
+            "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "transformers": transformers.__version__, "timm": timm.__version__}
 
 
 # ---------------------------------------------------------------------------- command line
