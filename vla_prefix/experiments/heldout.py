@@ -216,14 +216,18 @@ def widen_config(recorded: dict, added: dict, source: str) -> dict:
         if recorded[setting] != added[setting]:
             raise ConfigError(f"{source} has {setting}={added[setting]!r}, the results file {recorded[setting]!r}; "
                               f"use the same {setting}, or another results file")
-    union = lambda a, b: a + [x for x in b if x not in a]  # noqa: E731  (first-seen order)
-    grids = {m: union(recorded["lr_grid"].get(m, []), added["lr_grid"].get(m, []))
+    grids = {m: _union(recorded["lr_grid"].get(m, []), added["lr_grid"].get(m, []))
              for m in METHODS if m in recorded["lr_grid"] or m in added["lr_grid"]}
-    return {"tasks": union(recorded["tasks"], added["tasks"]),
+    return {"tasks": _union(recorded["tasks"], added["tasks"]),
             "methods": [m for m in METHODS if m in recorded["methods"] or m in added["methods"]],
             "seeds": sorted(set(recorded["seeds"]) | set(added["seeds"])),
             "n_demos": sorted(set(recorded["n_demos"]) | set(added["n_demos"])),
             "lr_grid": grids, "lr_selection": recorded["lr_selection"], "forgetting": recorded["forgetting"]}
+
+
+def _union(a: list, b: list) -> list:
+    """a, then b's items not in a (first-seen order)."""
+    return a + [x for x in b if x not in a]
 
 
 def load_results(path: Path, proto: dict) -> dict:
