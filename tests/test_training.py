@@ -195,3 +195,23 @@ def test_lora_leaves_the_frozen_vision_encoder_in_eval_mode(tiny_base):
     learner = make_learner("lora", VLA.from_pretrained(tiny_base), [HELDOUT_TASK], {HELDOUT_TASK: "x"},
                            None, LoraSettings(), seed=0).train()
     assert learner.backbone.trunk.training and not learner.backbone.vision.training
+
+
+def test_progress_bar_writes_a_line_per_interval_when_stderr_is_a_log_file(capsys):
+    from vla_prefix.utils.progress import progress_bar
+
+    bar = progress_bar(10**9, "train[prefix]", unit="step")
+    end = time.perf_counter() + 0.6  # a live bar would redraw ~6 times in this
+    while time.perf_counter() < end:  # each step sets its loss, as the trainer does
+        bar.set_postfix(loss="0.1234", refresh=False)
+        bar.update(1)
+    bar.close()
+    log = capsys.readouterr().err
+    assert log.count("\r") == 2, "redraws between opening and closing would fill a nohup log"
+    assert "loss=0.1234" in log
+
+    quiet = progress_bar(10, "eval", enabled=False)
+    quiet.set_postfix(failed=1, refresh=False)
+    quiet.update(10)
+    quiet.close()
+    assert capsys.readouterr().err == ""

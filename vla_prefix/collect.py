@@ -36,7 +36,6 @@ import multiprocessing as mp
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
-from tqdm.auto import tqdm
 
 from . import __version__
 from .data.dataset import SUMMARY, DatasetWriter, write_episode
@@ -45,6 +44,7 @@ from .errors import ConfigError, GLBackendError, VLAPrefixError, cli_errors
 from .seeds import seeds
 from .sim import registry
 from .utils.atomic import atomic_write_json
+from .utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -353,8 +353,8 @@ def collect(cfg: CollectConfig | DictConfig | dict) -> dict:
             n_ok={tid: writer.task_record(tid)["n_episodes"] for tid in tasks},
             n_demos=cfg.n_demos,
         )
-        bar = tqdm(total=len(tasks) * cfg.n_demos, initial=sum(min(n, cfg.n_demos) for n in plan.n_ok.values()),
-                   desc="collect", unit="demo", disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(len(tasks) * cfg.n_demos, "collect", unit="demo", enabled=cfg.progress,
+                           initial=sum(min(n, cfg.n_demos) for n in plan.n_ok.values()))
         pool, slots = _make_pool(cfg)
         pending: set[Future] = set()
         try:

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..seeds import SEED_RANGES, seeds
 from ..sim import registry
 from ..sim.render import preload_triton
+from ..utils.progress import progress_bar
 from .slot import EvalSlot
 
 EVAL_SEED_RANGES = ("eval", "val")  # train seeds are the demonstrations' seeds: never evaluate on them
@@ -218,9 +219,8 @@ def rollout(
         venv = AsyncVectorEnv(make_slot, context="spawn", autoreset_mode=AutoresetMode.DISABLED)
     else:
         venv = SyncVectorEnv(make_slot, autoreset_mode=AutoresetMode.DISABLED)
-    bar = _NoBar()
+    bar = progress_bar(len(jobs), "eval", unit="episode", enabled=progress)
     try:  # from here on, Ctrl-C (or an error) closes the env workers and ends the progress line
-        bar = _progress(len(jobs), progress)
         obs = assign(list(range(n_slots)))
         while any(job is not None for job in running):
             need = [i for i, job in enumerate(running) if job is not None and not queues[i]]
@@ -288,19 +288,3 @@ def rollout(
         wall_s=time.perf_counter() - start,
         max_episode_steps={t.id: max_steps or t.max_episode_steps for t in tasks},
     )
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="eval", unit="episode", dynamic_ncols=True)

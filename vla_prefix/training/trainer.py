@@ -16,7 +16,6 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from ..data.dataset import DemoDataset
@@ -25,6 +24,7 @@ from ..models import VLA, build_backbone
 from ..prefix.io import save_prefix
 from ..sim.registry import load_task_modules, resolve_tasks
 from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
+from ..utils.progress import progress_bar
 from .checkpoint import checkpoint_dir, checkpoint_state, load_checkpoint, save_checkpoint
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
@@ -209,8 +209,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         history = [*history, {"command": command, "from_step": start, "steps": cfg.optim.steps}]
     learner.train()
     loss_value = float("nan")
-    bar = tqdm(total=cfg.optim.steps, initial=start, disable=not (cfg.progress and ctx.is_main),
-               desc=f"train[{cfg.mode}]")
+    bar = progress_bar(cfg.optim.steps, f"train[{cfg.mode}]", unit="step", initial=start,
+                       enabled=cfg.progress and ctx.is_main)
     tick = time.perf_counter()
     for step, batch in zip(range(start, cfg.optim.steps), loader):
         lr = lr_at(step, cfg, base_lr)
@@ -238,8 +238,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         now = time.perf_counter()
         logger.log({"loss": loss_value, "lr": lr, "samples_per_s": cfg.optim.batch_size / (now - tick)}, step)
         tick = now
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)  # drawn with the next update
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
         if cfg.val.every and ((step + 1) % cfg.val.every == 0 or step + 1 == cfg.optim.steps):
             if ctx.is_main:
                 best = select_by_validation(learner, task_ids, cfg, episodes_cameras(cfg), step + 1, best, run_dir,

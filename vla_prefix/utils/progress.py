@@ -1,0 +1,20 @@
+"""The progress bar of train, collect and evaluate (tqdm on stderr).
+
+On a terminal or in a notebook it redraws live; when stderr goes to a file (`nohup ... > run.log`, CI) it writes
+one line every `LOG_INTERVAL_S`, so a long run's log stays small and readable instead of one line per step.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+LOG_INTERVAL_S = 30.0
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True) -> tqdm:
+    """A tqdm bar; disabled (every method a no-op) when `enabled` is false."""
+    live = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
+                mininterval=0.1 if live else LOG_INTERVAL_S)
