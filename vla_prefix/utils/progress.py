@@ -1,7 +1,7 @@
 """The progress bar of train, collect and evaluate (tqdm on stderr).
 
 On a terminal or in a notebook it redraws live; when stderr goes to a file (`nohup ... > run.log`, CI) it writes
-one line every `LOG_INTERVAL_S`, so a long run's log stays small and readable instead of one line per step.
+about one line every `LOG_INTERVAL_S`, so a long run's log stays small and readable instead of one line per step.
 """
 
 from __future__ import annotations
@@ -16,5 +16,6 @@ LOG_INTERVAL_S = 30.0
 def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True) -> tqdm:
     """A tqdm bar; disabled (every method a no-op) when `enabled` is false."""
     live = sys.stderr.isatty() or "ipykernel" in sys.modules
+    interval = {} if live else {"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S}
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
-                mininterval=0.1 if live else LOG_INTERVAL_S)
+                **interval)
