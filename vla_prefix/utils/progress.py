@@ -1,7 +1,7 @@
 """The progress bar of train, collect and evaluate (tqdm on stderr).
 
 On a terminal or in a notebook it redraws live; when stderr goes to a file (`nohup ... > run.log`, CI) it writes
-about one line every `LOG_INTERVAL_S`, so a long run's log stays small and readable instead of one line per step.
+about one line every `LOG_INTERVAL_S`, so a long run's log stays small and readable instead of one redraw per step.
 """
 
 from __future__ import annotations
