@@ -260,6 +260,24 @@ def test_headline_preset_is_the_committed_results_protocol(monkeypatch):
         "val.every": 100, "val.n_episodes": 10}
 
 
+def test_metaworld_preset_composes_into_valid_trainings(monkeypatch, tmp_path):
+    """conf/experiments/metaworld_ml45.yaml: ML45's 5 test tasks, and train configs the trainer accepts."""
+    from hydra import compose, initialize_config_dir
+
+    from vla_prefix.training.config import CONF_DIR
+
+    monkeypatch.chdir(CONF_DIR.parent)
+    with initialize_config_dir(str(CONF_DIR / "experiments"), version_base=None):
+        cfg = heldout.as_config(compose("metaworld_ml45"))
+    tasks = heldout._task_ids(cfg.suite, cfg.task, "heldout", "task")
+    assert sorted(tasks) == sorted(f"metaworld-{t}-v3" for t in ("bin-picking", "box-close", "hand-insert",
+                                                                  "door-lock", "door-unlock"))
+    assert heldout._task_ids(cfg.suite, cfg.forgetting_task, "pretrain", "forgetting_task")
+    experiment = heldout.Experiment(cfg, {"records": []}, tmp_path / "results.json")
+    train_cfg = experiment.train_config(tasks[0], "prefix", seed=0, n=10, lr=1e-3)
+    assert (train_cfg.val.every, train_cfg.val.ties, train_cfg.optim.steps) == (100, "last", 500)
+
+
 def test_report_cli_bad_file_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(tmp_path / "none.json")])

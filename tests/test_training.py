@@ -74,6 +74,11 @@ def test_bad_freeze_fails_with_the_fix(mode, freeze, fix, tiny_base, tabletop_de
         train(adapt(mode, tiny_base, tabletop_demos, freeze=freeze), tmp_path)
 
 
+def test_bad_val_ties_fails_with_the_fix(tiny_base, tabletop_demos, tmp_path):
+    with pytest.raises(ConfigError, match="val.ties must be first or last"):
+        train(adapt("prefix", tiny_base, tabletop_demos, **{"val.ties": "best"}), tmp_path)
+
+
 def test_prefix_training_leaves_the_base_untouched(tiny_base, tabletop_demos, tmp_path):
     before = VLA.from_pretrained(tiny_base).fingerprint()
     train(adapt("prefix", tiny_base, tabletop_demos), tmp_path)
@@ -177,12 +182,15 @@ def _safe_rows(metrics):
     return rows
 
 
-def test_validation_selects_the_checkpoint_on_val_seeds(tiny_base, tabletop_demos, tmp_path):
-    cfg = adapt("prefix", tiny_base, tabletop_demos, **{"val.every": 6, "val.n_episodes": 2, "val.num_envs": 1})
+@pytest.mark.parametrize("ties", ["first", "last"])
+def test_validation_selects_the_checkpoint_on_val_seeds(tiny_base, tabletop_demos, tmp_path, ties):
+    cfg = adapt("prefix", tiny_base, tabletop_demos,
+                **{"val.every": 6, "val.n_episodes": 2, "val.num_envs": 1, "val.ties": ties})
     summary = train(cfg, tmp_path)
     rows = MetricsFile(tmp_path / "val.jsonl").read()
     assert [r["step"] for r in rows] == [6, 12]
-    best = max(rows, key=lambda r: r["val_success"])  # the first of equal scores wins
+    # of equal scores, the first or the last checkpoint wins
+    best = max(rows, key=lambda r: (r["val_success"], r["step"] if ties == "last" else -r["step"]))
     assert summary["val_best"] == {"score": best["val_success"], "step": best["step"]}
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
     assert list((tmp_path / "val_videos" / "step6").rglob("*.mp4"))  # rollout videos of each validation

@@ -59,6 +59,7 @@ class ValConfig:
     n_action_steps: int = 2
     num_envs: int = 2
     video_episodes: int = 1  # rollout videos kept (and logged to W&B) per task and validation
+    ties: str = "first"  # first | last: which of equally scored checkpoints to keep (last = the most trained)
 
 
 @dataclass

@@ -111,6 +111,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.val.ties not in ("first", "last"):
+        raise ConfigError(f"val.ties must be first or last, got {cfg.val.ties!r}")
     if cfg.precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -297,14 +299,15 @@ def episodes_cameras(cfg: TrainConfig):
 
 
 def select_by_validation(learner, task_ids, cfg, cameras, step, best, run_dir, logger) -> dict:
-    """Validate now; if this is the best mean val success so far, keep the trainable state on disk."""
+    """Validate now; if this is the best mean val success so far (on a tie: the first or the last such
+    checkpoint, by `val.ties`), keep the trainable state on disk."""
     rates, videos = validate(learner, task_ids, cfg, cameras, video_dir=run_dir / "val_videos" / f"step{step}")
     score = sum(rates.values()) / len(rates)
     logger.log({"val/success": score, **{f"val/{t}": r for t, r in rates.items()}}, step, to_file=False)
     for i, video in enumerate(videos):
         logger.log_video(f"val/video{i}", str(video), step)
     logger.val.write({"step": step, "val_success": score, **rates})
-    if best["score"] is None or score > best["score"]:
+    if best["score"] is None or score > best["score"] or (cfg.val.ties == "last" and score == best["score"]):
         path = run_dir / BEST_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, save(trainable_state(learner)))
