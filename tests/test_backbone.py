@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors import safe_open
 
 from backbones import FAMILIES, backbone, batch
 from vla_prefix.errors import ConfigError
@@ -179,3 +183,18 @@ def test_a_cnn_encoder_with_batchnorm_builds_saves_and_fingerprints(tmp_path):
     loaded = VLA.from_pretrained(tmp_path / "cnn")
     assert loaded.fingerprint() == vla.fingerprint()
     assert torch.equal(loaded.predict_actions(b), vla.predict_actions(b))
+
+
+COMMITTED_BASES = sorted((Path(__file__).resolve().parents[1] / "checkpoints").glob("*_base"))
+
+
+@pytest.mark.parametrize("base", COMMITTED_BASES, ids=lambda p: p.name)
+def test_a_committed_base_is_small_loads_and_says_how_it_was_made(base):
+    """A base may be committed only if <= 20 MB with its command and seed in its metadata (training.json)."""
+    assert sum(f.stat().st_size for f in base.rglob("*") if f.is_file()) <= 20_000_000
+    made = json.loads((base / "training.json").read_text())
+    assert made["mode"] == "pretrain" and isinstance(made["seed"], int)
+    assert made["command"].startswith("python -m vla_prefix.train mode=pretrain")
+    assert made["steps"] > 0 and made["tasks"] and made["history"]
+    vla = VLA.from_pretrained(base)
+    assert vla.fingerprint() == safe_open(str(base / "model.safetensors"), "pt").metadata()["fingerprint"]
