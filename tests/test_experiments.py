@@ -211,6 +211,9 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     plain.write_text("no markers\n")
     report.main([str(path), "--readme", str(plain)])
     assert plain.read_text() == "no markers\n" and "| prefix |" in capsys.readouterr().out
+    calibration = tmp_path / "calibration.json"  # any other held-out file has its own markers
+    calibration.write_text(path.read_text())
+    assert (report.load(path)[1], report.load(calibration)[1]) == ("tabletop", "tabletop:calibration")
 
 
 @pytest.mark.parametrize("changes,match", [

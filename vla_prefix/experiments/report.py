@@ -5,7 +5,8 @@ r"""Render a held-out results file or a sweep's results as markdown, and put it 
     python -m vla_prefix.experiments.report results/tabletop/ablations/variant/sweep_results.json --readme README.md
 
 With --readme, the block between `<!-- results:<key>:start -->` and `<!-- results:<key>:end -->` is
-replaced (key: the suite of a held-out file, `sweep:<sweep file name>` of a sweep's, e.g.
+replaced (key: the suite of a held-out file named heldout.json, `<suite>:<file stem>` of any other, e.g.
+`metaworld:single_lr` for a calibration, `sweep:<sweep file name>` of a sweep's, e.g.
 `sweep:ablation_variant`); if the README has no such markers, the block is printed instead (the README is
 left alone). Every number in the block is one of the results file's (rounded): the block is generated,
 never edited.
@@ -236,7 +237,8 @@ def update_readme(readme: Path, key: str, block: str) -> bool:
 
 
 def load(path: str | Path) -> tuple[dict, str]:
-    """(results, README marker key) of a held-out results file or a sweep's sweep_results.json."""
+    """(results, README marker key) of a held-out results file (a calibration's too) or a sweep's
+    sweep_results.json."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no results file at {str(path)!r}; make one with `python -m vla_prefix.experiments.heldout`"
@@ -249,7 +251,8 @@ def load(path: str | Path) -> tuple[dict, str]:
     from .heldout import FORMAT
 
     if results.get("format") == FORMAT and "summary" in results:
-        return results, results["protocol"]["suite"]
+        suite = results["protocol"]["suite"]
+        return results, suite if path.stem == "heldout" else f"{suite}:{path.stem}"
     if results.get("format") == SWEEP_FORMAT and "grid" in results:
         return results, f"sweep:{Path(results['sweep']).stem}"
     raise ConfigError(f"{path} is neither a held-out results file ({FORMAT}) with a summary nor a sweep's "

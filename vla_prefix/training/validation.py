@@ -25,6 +25,8 @@ def validate(learner, task_ids: list[str], cfg, cameras, video_dir=None) -> tupl
         policy = VLAPolicy(backbone, prefix, device=cfg.device)
         result = rollout(policy, [task], cfg.val.n_episodes, n_action_steps=cfg.val.n_action_steps,
                          num_envs=cfg.val.num_envs, image_size=backbone.vision.img_size, cameras=cameras,
+                         # sync: starting a process per slot costs more than it saves, even on Meta-World
+                         # (benchmarks/val_rollouts.py)
                          seed_range="val", vector="sync", task_modules=cfg.task_modules,
                          video_episodes=cfg.val.video_episodes if video_dir else 0, video_dir=video_dir)
         episodes = result.episodes[task]
