@@ -281,6 +281,22 @@ def test_metaworld_preset_composes_into_valid_trainings(monkeypatch, tmp_path):
     assert (train_cfg.val.every, train_cfg.val.ties, train_cfg.optim.steps) == (100, "last", 500)
 
 
+def test_readme_results_blocks_are_generated_from_the_committed_files(monkeypatch):
+    """Every results block in the README is what `report` renders from the file it names, today."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    text = (root / "README.md").read_text()
+    blocks = re.findall(r"^<!-- results:(\S+):start -->\n(.*?)\n<!-- results:\1:end -->$", text, re.M | re.S)
+    assert {"tabletop", "metaworld:single_lr"} <= {key for key, _ in blocks}
+    for key, block in blocks:
+        path = Path(re.match(r"<!-- generated from (\S+) by", block).group(1))
+        results, file_key = report.load(path)
+        draw = report.render_sweep if file_key.startswith("sweep:") else report.render
+        assert file_key == key and block == draw(results, path, root), f"regenerate the {key} block: report {path}"
+
+
 def test_report_cli_bad_file_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(tmp_path / "none.json")])

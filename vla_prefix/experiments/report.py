@@ -217,7 +217,7 @@ def render_sweep(results: dict, path: Optional[Path] = None, relative_to: Option
 
 
 def markers(key: str) -> tuple[str, str]:
-    """The README markers of a results block; key: a suite, or `sweep:<sweep file name>`."""
+    """The README markers of a results block; key: a suite, `<suite>:<file stem>` or `sweep:<sweep file name>`."""
     return f"<!-- results:{key}:start -->", f"<!-- results:{key}:end -->"
 
 
