@@ -160,6 +160,18 @@ def test_heldout_experiment_records_resumes_and_reports(tiny_base, tabletop_demo
     with pytest.raises(ConfigError, match="prefix_configs.prefix.visual.reparam: False there, True now"):
         heldout.run(settings)
     path.write_text(json.dumps(on_disk))
+    # a widened grid (a calibration's one lr, then the protocol's grid) scores the lr trained without val
+    widened = {**settings, "methods": ["head"], "lr_grid": {"head": [1e-3, 1e-2]},
+               "results": str(tmp_path / "widened" / "heldout.json")}
+    Path(widened["results"]).parent.mkdir()
+    Path(widened["results"]).write_text(path.read_text())
+    grown_results = heldout.run(widened)
+    grown = Ledger(grown_results["records"])
+    trains = [r for r in grown.records if (r["stage"], r["method"]) == ("train", "head")]
+    assert sorted(r["lr"] for r in trains) == [1e-3, 1e-2] and all(r["val"]["n_episodes"] == 2 for r in trains)
+    assert grown.get("train", HELDOUT_TASK, "head", 0, 2, 1e-3)["final_loss"] == head["final_loss"]
+    chosen_head = grown.chosen_lr(grown_results["config"], HELDOUT_TASK, "head", 0, 2)
+    assert chosen_head in (1e-3, 1e-2) and grown.get("eval", HELDOUT_TASK, "head", 0, 2, chosen_head)
 
     # ---- shards: the experiment split by method into two files merges back into the same summary
     def shard(methods: list[str]) -> dict:

@@ -252,10 +252,13 @@ class Experiment:
 
     def add(self, record: dict) -> dict:
         record = self.ledger.add({**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        self.results["summary"] = summarize(self.results)  # always current: an interrupted run can be reported
-        atomic_write_json(self.path, self.results)
+        self.save()
         self.ran += 1
         return record
+
+    def save(self) -> None:
+        self.results["summary"] = summarize(self.results)  # always current: an interrupted run can be reported
+        atomic_write_json(self.path, self.results)
 
     # ---- evaluation
     def evaluate(self, backbone: str, prefix: Optional[str], tasks: list[str], seed_range: str, n: int,
@@ -308,17 +311,19 @@ class Experiment:
         run_dir, summary, resumed = self.training(task, method, seed, n, lr)
         artifact = artifact_of(method, task, summary)
         stored = summary["outputs"]["lora_adapter"] if method == "lora" else artifact
-        val = None
-        if validate:
-            info = self.evaluate(*self.policy(method, artifact), [task], "val", self.cfg.val_episodes,
-                                 run_dir / "val", self.cameras)
-            val = rate(info["tasks"][task])
+        val = self.val_score(task, method, run_dir, artifact) if validate else None
         return self.add({
             "stage": "train", "task": task, "method": method, "seed": seed, "n_demos": n, "lr": lr,
             "run_dir": str(run_dir), "artifact": artifact, "stored_bytes": disk_bytes(stored),
             "trainable_params": summary["trainable_params"], "trainable_pct": summary["trainable_pct"],
             "total_params": summary["total_params"], "final_loss": summary["final_loss"],
             "train_wall_s": summary["wall_s"], "resumed": resumed, "val": val, "val_best": kept_checkpoint(summary)})
+
+    def val_score(self, task: str, method: str, run_dir: Path, artifact: str) -> dict:
+        """The trained model's success on `val_episodes` of the `val` seeds (choosing among grid lrs)."""
+        info = self.evaluate(*self.policy(method, artifact), [task], "val", self.cfg.val_episodes,
+                             run_dir / "val", self.cameras)
+        return rate(info["tasks"][task])
 
     def policy(self, method: str, artifact: str) -> tuple[str, Optional[str]]:
         """(backbone dir, prefix file or None) that `evaluate` loads for a trained artifact."""
@@ -329,9 +334,16 @@ class Experiment:
         config = self.results["config"]
         grid = self.ledger.grid_for(config, task, method, seed, n)
         for lr in grid:
-            if self.ledger.get("train", task, method, seed, n, lr) is None:
+            trained = self.ledger.get("train", task, method, seed, n, lr)
+            if trained is None:
                 self.log(f"train {method} lr={lr:g}", task, seed, n)
                 self.train_cell(task, method, seed, n, lr, validate=len(grid) > 1)
+            elif len(grid) > 1 and trained["val"] is None:  # trained when its grid had one lr: score it now
+                self.log(f"val {method} lr={lr:g} (trained when its grid had one lr)", task, seed, n)
+                run_dir, summary, _ = self.training(task, method, seed, n, lr)  # its model (again, if gone)
+                trained["val"] = self.val_score(task, method, run_dir, artifact_of(method, task, summary))
+                self.save()
+                self.ran += 1
         lr = self.ledger.chosen_lr(config, task, method, seed, n)
         trained = self.ledger.get("train", task, method, seed, n, lr)
         needs_eval = self.ledger.get("eval", task, method, seed, n, lr) is None

@@ -5,7 +5,8 @@
     {"stage": "train", task, method, seed, n_demos, lr, run_dir, artifact, stored_bytes, trainable_params,
      trainable_pct, total_params, final_loss, train_wall_s, resumed, val: {success_rate, ci95, n_episodes,
      n_successes} | null, val_best: {score, step} | null}   # one per grid lr; val is null when the grid has
-                                               # one lr, val_best when the trainer selects no checkpoint
+                                               # one lr (filled in if the grid widens later), val_best
+                                               # when the trainer selects no checkpoint
     {"stage": "eval", task, method, seed, n_demos, lr, success_rate, ci95, n_episodes, n_successes,
      failures: {what the gripper went for: episodes} | null, backbone_fingerprint, eval_info,
      eval_wall_s}                                            # the chosen lr, on the `eval` seeds
