@@ -259,6 +259,13 @@ def load(path: str | Path) -> tuple[dict, str]:
                       f"results ({SWEEP_FORMAT})")
 
 
+def block_of(path: str | Path, relative_to: Optional[Path] = None) -> tuple[str, str]:
+    """(README marker key, markdown block) of a results file; figure links relative to `relative_to`."""
+    results, key = load(path)
+    draw = render_sweep if key.startswith("sweep:") else render
+    return key, draw(results, Path(path), relative_to)
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vla_prefix.experiments.report", description=__doc__,
@@ -267,12 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(vla_prefix.sweep)")
     parser.add_argument("--readme", help="README to update between the results markers")
     args = parser.parse_args(argv)
-    results, key = load(args.results)
     readme = Path(args.readme) if args.readme else None
     if readme is not None and not readme.is_file():
         raise ConfigError(f"--readme {args.readme!r} is not a file")
-    draw = render_sweep if key.startswith("sweep:") else render
-    block = draw(results, Path(args.results), readme.parent if readme else None)
+    key, block = block_of(args.results, readme.parent if readme else None)
     if readme is not None and update_readme(readme, key, block):
         print(f"updated {readme} between {markers(key)[0]} and {markers(key)[1]}")
         return 0
