@@ -11,7 +11,7 @@ import pytest
 from conftest import HELDOUT_TASK, PRETRAIN_TASKS
 from vla_prefix.errors import ConfigError, VLAPrefixError
 from vla_prefix.experiments import heldout, merge, report
-from vla_prefix.experiments.records import Ledger, record_key
+from vla_prefix.experiments.records import Ledger, record_key, summarize
 from vla_prefix.prefix.io import read_prefix_metadata
 from vla_prefix.seeds import SEED_RANGES
 
@@ -305,6 +305,11 @@ def test_readme_results_blocks_are_generated_from_the_committed_files(monkeypatc
     for key, block in blocks:
         path = Path(re.match(r"<!-- generated from (\S+) by", block).group(1))
         assert report.block_of(path, root) == (key, block), f"regenerate the {key} block: report {path}"
+    # and each committed held-out file's summary is what today's code derives from its records
+    for path in sorted((root / "results").rglob("*.json")):
+        results = json.loads(path.read_text())
+        if isinstance(results, dict) and results.get("format") == heldout.FORMAT:
+            assert json.loads(json.dumps(summarize(results))) == results["summary"], f"re-summarize {path}"
 
 
 def test_report_cli_bad_file_exits_2(tmp_path, capsys):
@@ -320,7 +325,7 @@ def test_report_cli_bad_file_exits_2(tmp_path, capsys):
 def test_lr_choice_summary_and_figures_from_records(tmp_path):
     """Pure bookkeeping on hand-made records: lr choice (val, then loss), first_seed reuse, partial cells, plots."""
     from vla_prefix.experiments.figures import DEMOS_PLOT, SUCCESS_PLOT, write_figures
-    from vla_prefix.experiments.records import choose_lr, summarize
+    from vla_prefix.experiments.records import choose_lr
 
     def val(rate):
         return {"success_rate": rate, "ci95": [0.0, 1.0], "n_episodes": 4, "n_successes": int(rate * 4)}
@@ -330,10 +335,10 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert choose_lr([1e-3, 1e-2], {1e-3: {"val": val(0.75), "final_loss": 0.9}}) is None  # a grid lr unscored
     assert choose_lr([3e-4], {}) == 3e-4
 
-    def train(seed, n, lr, rate):
+    def train(seed, n, lr, rate, wall_s=2.0, **timing):
         return {"stage": "train", "task": "t", "method": "full", "seed": seed, "n_demos": n, "lr": lr,
                 "val": rate if rate is None else val(rate), "final_loss": 0.1, "trainable_params": 100,
-                "trainable_pct": 100.0, "stored_bytes": 400, "train_wall_s": 2.0,
+                "trainable_pct": 100.0, "stored_bytes": 400, "train_wall_s": wall_s, **timing,
                 "val_best": {"score": 0.5, "step": 200} if seed == 0 else None}
 
     def evaluation(seed, n, lr, k):
@@ -342,8 +347,10 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
                 "failures": {"distractor": 4 - k - k // 2, "none": k // 2} if k < 4 else {}}
 
     records = [train(0, 5, 1e-4, 0.25), train(0, 5, 3e-4, 0.75), evaluation(0, 5, 3e-4, 3),
-               train(1, 5, 3e-4, None), evaluation(1, 5, 3e-4, 1),  # seed 1 reuses seed 0's lr (first_seed)
-               train(0, 10, 1e-4, 0.5), train(0, 10, 3e-4, 0.25), evaluation(0, 10, 1e-4, 4)]  # seed 1 unfinished
+               train(1, 5, 3e-4, None, 0.5, resumed=True),  # seed 1 reuses seed 0's lr (first_seed); a resume
+               evaluation(1, 5, 3e-4, 1),  # recorded before the trainer timed every part: its 0.5 s are partial
+               train(0, 10, 1e-4, 0.5, 3.0, resumed=True, train_wall_s_partial=False),  # timed: all its parts
+               train(0, 10, 3e-4, 0.25), evaluation(0, 10, 1e-4, 4)]  # seed 1 unfinished
     protocol = {"suite": "tabletop", "n_episodes": 4, "val_episodes": 4, "steps": 5, "batch_size": 8,
                 "n_action_steps": 2, "base": "b", "base_fingerprint": "f"}
     results = {"protocol": protocol, "goals": {}, "records": records,
@@ -354,7 +361,8 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
     assert five["lr"] == {"t": {"0": 3e-4, "1": 3e-4}} and five["complete"]
     assert (five["mean"]["n_successes"], five["mean"]["n_episodes"], five["mean"]["success_rate"]) == (4, 8, 0.5)
     assert five["mean"]["seed_std"] == pytest.approx(0.3535, abs=1e-3)  # per-seed means 0.75 and 0.25
-    assert five["tuning_wall_s"] == 6.0 and five["train_wall_s"] == 2.0
+    assert five["tuning_wall_s"] == 4.5 and five["train_wall_s"] == 2.0  # the partial run: in the sum, not the mean
+    assert ten["tuning_wall_s"] == 5.0 and ten["train_wall_s"] == 3.0
     assert not ten["complete"] and ten["mean"]["n_cells"] == 1 and ten["mean"]["success_rate"] == 1.0
     assert five["failures"] == {"distractor": 3, "none": 1} and ten["failures"] == {}  # seeds pooled
     assert five["kept_steps"] == [200]  # seed 1's run selected no checkpoint
@@ -373,7 +381,7 @@ def test_lr_choice_summary_and_figures_from_records(tmp_path):
 
 def test_forgetting_pools_distinct_measurements_only():
     """A prefix method's forgetting records reuse the base's one measurement: it counts once, not once per seed."""
-    from vla_prefix.experiments.records import pooled, summarize
+    from vla_prefix.experiments.records import pooled
 
     def forgetting(method, seed, k, measured):
         return {"stage": "forgetting", "task": None if method == "base" else "t", "method": method, "seed": seed,
@@ -404,7 +412,6 @@ def test_forgetting_pools_distinct_measurements_only():
 
 def test_goal_checks_compare_complete_means_only():
     """A goal ratio needs both means over the same (task, seed) cells: a partial one is left out, not compared."""
-    from vla_prefix.experiments.records import summarize
 
     def cell(method, task, seed, k):
         return [{"stage": "train", "task": task, "method": method, "seed": seed, "n_demos": 10, "lr": 1e-3,

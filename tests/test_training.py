@@ -166,9 +166,18 @@ def test_resume_after_kill_reproduces_the_loss_curve_bit_exactly(tiny_base, tabl
                                 for run in (reference, killed))
     assert meta_a["sha256"] == meta_b["sha256"]  # the same tensors, bit for bit
     assert all(torch.equal(a.values()[k], b.values()[k]) for k in a.values())
-    history = json.loads((killed / "train_summary.json").read_text())["history"]  # provenance across the resume
+    summary = json.loads((killed / "train_summary.json").read_text())
+    history = summary["history"]  # provenance across the resume
     assert [(h["from_step"], h["steps"]) for h in history] == [(0, 60), (20, 60)]
     assert history[0]["command"].startswith("python -m vla_prefix.train ") and f"out_dir={killed}" in history[0]["command"]
+    # wall-clock time sums both parts: the killed one up to its last checkpoint, and the resume
+    assert history[0]["wall_s"] > 0 and summary["wall_s"] >= history[0]["wall_s"] + history[1]["wall_s"]
+    assert not summary["wall_s_partial"]
+    state_file = killed / "checkpoints" / "last" / "state.json"  # a checkpoint from before parts were timed
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "history": [{k: v for k, v in h.items() if k != "wall_s"}
+                                                           for h in state["history"]]}))
+    assert train(train_config(**common, resume="true"), killed)["wall_s_partial"]
 
 
 def _safe_rows(metrics):

@@ -302,7 +302,7 @@ class Experiment:
             if Path(artifact_of(method, task, summary)).exists():
                 return run_dir, summary, False
             done.unlink()  # its model was deleted: train it again
-        resumed = checkpoint_dir(run_dir).exists()  # then train_wall_s is the last part only
+        resumed = checkpoint_dir(run_dir).exists()
         from ..training import trainer
 
         return run_dir, trainer.train(self.train_config(task, method, seed, n, lr), run_dir), resumed
@@ -317,7 +317,8 @@ class Experiment:
             "run_dir": str(run_dir), "artifact": artifact, "stored_bytes": disk_bytes(stored),
             "trainable_params": summary["trainable_params"], "trainable_pct": summary["trainable_pct"],
             "total_params": summary["total_params"], "final_loss": summary["final_loss"],
-            "train_wall_s": summary["wall_s"], "resumed": resumed, "val": val, "val_best": kept_checkpoint(summary)})
+            "train_wall_s": summary["wall_s"], "train_wall_s_partial": wall_s_partial_of(summary), "resumed": resumed,
+            "val": val, "val_best": kept_checkpoint(summary)})
 
     def val_score(self, task: str, method: str, run_dir: Path, artifact: str) -> dict:
         """The trained model's success on `val_episodes` of the `val` seeds (choosing among grid lrs)."""
@@ -426,6 +427,12 @@ def kept_checkpoint(train_summary: dict) -> Optional[dict]:
     """{score, step} of the checkpoint the trainer's val selection kept; None when it selected none."""
     best = train_summary.get("val_best") or {}
     return best if best.get("step") is not None else None
+
+
+def wall_s_partial_of(train_summary: dict) -> bool:
+    """Whether the trainer's `wall_s` misses an untimed part (summaries from before it timed resumed parts
+    have no `wall_s_partial`: there any resume left the earlier parts out)."""
+    return train_summary.get("wall_s_partial", len(train_summary.get("history", [])) > 1)
 
 
 def disk_bytes(path: str | Path) -> int:

@@ -3,10 +3,12 @@
 `heldout.json` holds `records`, appended one per finished cell:
 
     {"stage": "train", task, method, seed, n_demos, lr, run_dir, artifact, stored_bytes, trainable_params,
-     trainable_pct, total_params, final_loss, train_wall_s, resumed, val: {success_rate, ci95, n_episodes,
-     n_successes} | null, val_best: {score, step} | null}   # one per grid lr; val is null when the grid has
-                                               # one lr (filled in if the grid widens later), val_best
-                                               # when the trainer selects no checkpoint
+     trainable_pct, total_params, final_loss, train_wall_s, train_wall_s_partial, resumed, val: {success_rate,
+     ci95, n_episodes, n_successes} | null, val_best: {score, step} | null}   # one per grid lr; val is null
+                                               # when the grid has one lr (filled in if the grid widens
+                                               # later), val_best when the trainer selects no checkpoint;
+                                               # train_wall_s sums every part of a resumed training, and is
+                                               # partial (left out of the time per run) where one is untimed
     {"stage": "eval", task, method, seed, n_demos, lr, success_rate, ci95, n_episodes, n_successes,
      failures: {what the gripper went for: episodes} | null, backbone_fingerprint, eval_info,
      eval_wall_s}                                            # the chosen lr, on the `eval` seeds
@@ -228,13 +230,20 @@ def _trained(ledger: Ledger, config: dict, method: str, tasks: list[str], seeds:
         "trainable_params": _int(_mean([r["trainable_params"] for r in chosen_train])),
         "trainable_pct": _mean([r["trainable_pct"] for r in chosen_train]),
         "stored_bytes": _int(_mean([r["stored_bytes"] for r in chosen_train])),
-        "train_wall_s": _mean([r["train_wall_s"] for r in chosen_train]),  # per run of the chosen lr
-        "tuning_wall_s": sum(r["train_wall_s"] for r in all_train),  # every grid run together
+        "train_wall_s": _mean([r["train_wall_s"] for r in chosen_train if not wall_s_partial(r)]),  # per run
+        "tuning_wall_s": sum(r["train_wall_s"] for r in all_train),  # every grid run together (a lower bound
+        # where a run's earlier part is untimed)
         "lr": lrs,
         "kept_steps": sorted({r["val_best"]["step"] for r in chosen_train if r.get("val_best")}),
         "val": vals or None,
         "forgetting": forgetting,
     }
+
+
+def wall_s_partial(train_record: dict) -> bool:
+    """Whether a train record's seconds miss an untimed earlier part (a resume from a checkpoint written before
+    the trainer timed its parts; such records were written without `train_wall_s_partial`, with `resumed`)."""
+    return train_record.get("train_wall_s_partial", train_record.get("resumed", False))
 
 
 def _int(x: Optional[float]) -> Optional[int]:

@@ -204,9 +204,12 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     # ---- loop
     best = saved_state.get("best", {"score": None, "step": None}) if start > 0 else {"score": None, "step": None}
     # provenance across resumes: every command that trained this run, with the steps it ran (the process's own
-    # command line: `python -m vla_prefix.train ...`, or the experiment or sweep that called train())
+    # command line: `python -m vla_prefix.train ...`, or the experiment or sweep that called train()), and the
+    # seconds each spent up to its last checkpoint (steps run after it are run again by the next command)
     command = " ".join(["python", *sys.orig_argv[1:]])
     history = saved_state.get("history", []) if start > 0 else []
+    earlier_wall_s = sum(part.get("wall_s", 0.0) for part in history)
+    wall_s_partial = any("wall_s" not in part for part in history)  # a checkpoint written before parts were timed
     if start < cfg.optim.steps:
         history = [*history, {"command": command, "from_step": start, "steps": cfg.optim.steps}]
     learner.train()
@@ -248,6 +251,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
                                             logger)
             best = ctx.broadcast_object(best)  # the other ranks wait here for rank 0's rollouts
         if ctx.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps):
+            history[-1]["wall_s"] = round(time.perf_counter() - t0, 2)
             save_checkpoint(run_dir, learner, optimizer, step + 1,
                             {"best": best, "tasks": task_ids, "history": history})
     bar.close()
@@ -273,7 +277,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         "total_params": backbone_params,
         "steps": cfg.optim.steps,
         "final_loss": loss_value,
-        "wall_s": round(time.perf_counter() - t0, 2),
+        "wall_s": round(earlier_wall_s + time.perf_counter() - t0, 2),  # every command's part, resumes included
+        "wall_s_partial": wall_s_partial,  # true: an earlier part's seconds are unknown, so wall_s is too low
         "tasks": task_ids,
         "lr": base_lr,
         "batch_size": cfg.optim.batch_size,
