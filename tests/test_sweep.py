@@ -116,6 +116,7 @@ def test_local_sweep_runs_logs_resumes_and_plots(tabletop_demos, tiny_base, tmp_
     zero, two = rows
     assert zero["zero_shot"] and zero["trainable_params"] == 0 and zero["prefix_bytes"] == 0
     assert not two["zero_shot"] and two["trainable_params"] > 0 and two["prefix_bytes"] > 0
+    assert two["train_wall_s"] > 0 and two["train_wall_s_partial"] is False  # trained in one part
     assert Path(two["prefix_file"]).is_file()
     for r in rows:
         assert r["n_episodes"] == 2 and 0.0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1.0

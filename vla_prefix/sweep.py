@@ -295,6 +295,7 @@ def run_job(settings: SweepSettings, train_cfg, run_dir: str | Path, wandb_run=N
         "prefix_bytes": summary.get("prefix_bytes", 0),
         "final_loss": summary["final_loss"],
         "train_wall_s": summary["wall_s"],
+        "train_wall_s_partial": summary.get("wall_s_partial", False),  # resumed from an untimed checkpoint
         "eval_wall_s": round(info["wall_s"], 2),
         "wall_s": round(time.perf_counter() - t0, 2),
         "run_dir": str(run_dir),

@@ -206,9 +206,10 @@ def render_sweep(results: dict, path: Optional[Path] = None, relative_to: Option
                          + ("" if len(done) == len(tasks) else f" ({len(done)}/{len(tasks)} tasks)"))
         params = ", ".join(f"{n:,}" for n in sorted({r["trainable_params"] for r in done}))
         stored = ", ".join(_bytes(n) for n in sorted({r["prefix_bytes"] for r in done}))
-        time_s = sum(r["train_wall_s"] for r in done) / len(done)
+        timed = [r["train_wall_s"] for r in done if not r.get("train_wall_s_partial")]
+        time_s = f"{sum(timed) / len(timed):.0f} s" if timed else "–"
         lines.append("| " + " | ".join(str(json.loads(v)) for v in setting) + " | " + " | ".join(cells)
-                     + f" | {params} | {stored} | {time_s:.0f} s |")
+                     + f" | {params} | {stored} | {time_s} |")
     plot = plot_name(grid)
     if path is not None and (Path(path).parent / plot).is_file():
         base_dir = Path(relative_to) if relative_to else Path.cwd()
