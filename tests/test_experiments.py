@@ -438,3 +438,52 @@ def test_goal_checks_compare_complete_means_only():
     assert table[5] == "| prefix / lora mean success >= target | 1 | 1 | yes | – | – |"
     assert table[6] == "| prefix trainable % of backbone <= target | 1 | 0.5 | yes | 0.5 | yes |"
     assert _goals_table({"10": []}) == []
+
+
+def test_merge_takes_scratch_cells_from_another_base_of_the_same_architecture(tmp_path):
+    """`--methods scratch` imports a file made on another base (scratch never loads the base's weights) only where
+    the two bases share an architecture; every other method, and any other protocol change, is refused."""
+
+    def base(name, width):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "training.json").write_text(json.dumps({"config": {"model": {"trunk": {"hidden_size": width}}}}))
+        return str(folder)
+
+    def cells(method, k):
+        return [{"stage": "train", "task": "t", "method": method, "seed": 0, "n_demos": 10, "lr": 1e-3, "val": None,
+                 "final_loss": 0.1, "trainable_params": 1, "trainable_pct": 100.0, "stored_bytes": 4,
+                 "train_wall_s": 1.0},
+                {"stage": "eval", "task": "t", "method": method, "seed": 0, "n_demos": 10, "lr": 1e-3,
+                 "success_rate": k / 4, "ci95": [0.0, 1.0], "n_episodes": 4, "n_successes": k}]
+
+    def results_file(base_dir, fingerprint, methods, k):
+        protocol = {"suite": "tabletop", "n_episodes": 4, "steps": 5, "base": base_dir,
+                    "base_fingerprint": fingerprint, "scratch_model": None}
+        return {"format": heldout.FORMAT, "protocol": protocol, "goals": {}, "runs": [],
+                "records": [r for m in methods for r in cells(m, k)],
+                "config": {"tasks": ["t"], "methods": methods, "seeds": [0], "n_demos": [10],
+                           "lr_grid": {m: [1e-3] for m in methods}, "lr_selection": "per_seed", "forgetting": False}}
+
+    old, new, wide = base("old", 256), base("new", 256), base("wide", 512)
+    target = results_file(new, "f_new", ["full"], 3)
+    with pytest.raises(ConfigError, match=r"another protocol \(differs in base, base_fingerprint\)"):
+        merge.merge(json.loads(json.dumps(target)), results_file(old, "f_old", ["full", "scratch"], 1))
+    with pytest.raises(ConfigError, match=r"another protocol \(differs in base, base_fingerprint\)"):
+        merge.merge(json.loads(json.dumps(target)), results_file(old, "f_old", ["full"], 1), methods=["full"])
+    merged = merge.merge(target, results_file(old, "f_old", ["full", "scratch"], 1), "old.json", methods=["scratch"])
+    assert [(r["method"], r["stage"]) for r in merged["records"]] == \
+        [("full", "train"), ("full", "eval"), ("scratch", "train"), ("scratch", "eval")]
+    assert merged["protocol"]["base"] == new and merged["config"]["methods"] == ["full", "scratch"]
+    assert merged["summary"]["n_demos"]["10"]["full"]["mean"]["success_rate"] == 0.75  # the target's own full
+    assert merged["summary"]["n_demos"]["10"]["scratch"]["mean"]["success_rate"] == 0.25
+    with pytest.raises(ConfigError, match="architecture differs from the target's base"):
+        merge.merge(results_file(new, "f_new", ["full"], 3), results_file(wide, "f_wide", ["scratch"], 1),
+                    methods=["scratch"])
+    other_steps = results_file(old, "f_old", ["scratch"], 1)
+    other_steps["protocol"]["steps"] = 6
+    with pytest.raises(ConfigError, match=r"differs in steps\)"):
+        merge.merge(results_file(new, "f_new", ["full"], 3), other_steps, methods=["scratch"])
+    with pytest.raises(ConfigError, match="holds none of the methods"):
+        merge.merge(results_file(new, "f_new", ["full"], 3), results_file(old, "f_old", ["full"], 1),
+                    methods=["scratch"])

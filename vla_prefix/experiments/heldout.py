@@ -122,14 +122,14 @@ def as_config(cfg: HeldoutConfig | DictConfig | dict) -> HeldoutConfig:
     cfg.data = cfg.data or f"data/{cfg.suite}_heldout"
     cfg.results = cfg.results or f"results/{cfg.suite}/heldout.json"
     cfg.out = cfg.out or f"outputs/experiments/{cfg.suite}"
-    _check_names("method", cfg.methods, METHODS)
+    check_names("method", cfg.methods, METHODS)
     if len(set(cfg.methods)) != len(cfg.methods) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"methods={cfg.methods} and seeds={cfg.seeds} must not repeat an entry")
     if not cfg.seeds or any(s < 0 for s in cfg.seeds):
         raise ConfigError(f"seeds={cfg.seeds}: give at least one seed >= 0, e.g. seeds=[0,1,2]")
     if not cfg.n_demos or any(n < 1 for n in cfg.n_demos) or len(set(cfg.n_demos)) != len(cfg.n_demos):
         raise ConfigError(f"n_demos={cfg.n_demos}: give distinct demo counts >= 1, e.g. n_demos=[10,50]")
-    _check_names("lr_grid method", list(cfg.lr_grid), TRAINED)
+    check_names("lr_grid method", list(cfg.lr_grid), TRAINED)
     for method in cfg.methods:
         grid = cfg.lr_grid.get(method) if method in TRAINED else [1.0]
         if not grid or any(lr <= 0 for lr in grid) or len(set(grid)) != len(grid):
@@ -141,7 +141,7 @@ def as_config(cfg: HeldoutConfig | DictConfig | dict) -> HeldoutConfig:
                  "num_envs", "collect_workers"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: use at least 1")
-    _check_names("method_overrides method", list(cfg.method_overrides), TRAINED)
+    check_names("method_overrides method", list(cfg.method_overrides), TRAINED)
     cfg.train_overrides = flatten(cfg.train_overrides)
     cfg.method_overrides = {m: flatten(o) for m, o in cfg.method_overrides.items()}
     clash = sorted(k for k in [*cfg.train_overrides, *(k for o in cfg.method_overrides.values() for k in o)]
@@ -163,7 +163,7 @@ def flatten(overrides: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _check_names(what: str, names: list[str], valid: tuple[str, ...]) -> None:
+def check_names(what: str, names: list[str], valid: tuple[str, ...]) -> None:
     for name in names:
         if name not in valid:
             hint = closest(name, valid)
