@@ -82,7 +82,7 @@ def only_methods(shard: dict, methods: list[str], name: str) -> dict:
 
 def scratch_architecture(protocol: dict, name: str):
     """What `scratch` trains: conf/model/<scratch_model>, or else the base's own architecture."""
-    if protocol["scratch_model"]:
+    if protocol.get("scratch_model"):
         return protocol["scratch_model"]
     try:
         return base_architecture(protocol["base"])
