@@ -180,6 +180,43 @@ def test_resume_after_kill_reproduces_the_loss_curve_bit_exactly(tiny_base, tabl
     assert train(train_config(**common, resume="true"), killed)["wall_s_partial"]
 
 
+
+def test_export_writes_a_runs_outputs_from_its_last_checkpoint(tiny_base, tabletop_demos, tmp_path):
+    """A finished run exports, from checkpoints/last, what it wrote itself: the pretraining run its base (with
+    the normalisation statistics, recomputed from its data), a prefix run its folded prefix, bit for bit."""
+    from vla_prefix.export import export_checkpoint
+
+    out = export_checkpoint(tiny_base.parent, tmp_path / "base_export")
+    exported, base = VLA.from_pretrained(out["base"]), VLA.from_pretrained(tiny_base)
+    assert exported.fingerprint() == base.fingerprint()
+    assert json.loads((Path(out["base"]) / "training.json").read_text())["checkpoint_step"] == 40
+    run = tmp_path / "prefix_run"
+    train(adapt("prefix", tiny_base, tabletop_demos, **{"prefix.visual.reparam": "true"}), run)
+    out = export_checkpoint(run, tmp_path / "prefix_export")
+    (a, meta_a), (b, meta_b) = (load_prefix(path, base) for path in
+                                (run / "prefixes" / f"{HELDOUT_TASK}.safetensors", out["prefixes"][HELDOUT_TASK]))
+    assert meta_a["sha256"] == meta_b["sha256"] and meta_b["steps"] == 12
+
+
+def test_export_refuses_what_it_cannot_export_in_one_line(tiny_base, tmp_path, capsys):
+    import shutil
+
+    from vla_prefix.export import export_checkpoint, main
+
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        export_checkpoint(tmp_path / "no_run", tmp_path / "out")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_base.parent), str(tmp_path / "used")])
+    assert exit_info.value.code == 2 and "is not empty" in capsys.readouterr().err
+    old = tmp_path / "old_run"  # a checkpoint written before checkpoints stored their config
+    shutil.copytree(tiny_base.parent / "checkpoints", old / "checkpoints")
+    state_file = old / "checkpoints" / "last" / "state.json"
+    state_file.write_text(json.dumps({k: v for k, v in json.loads(state_file.read_text()).items() if k != "config"}))
+    with pytest.raises(ConfigError, match="resume=true"):
+        export_checkpoint(old, tmp_path / "out")
+
 def _safe_rows(metrics):
     rows = []
     if metrics.path.exists():

@@ -4,7 +4,8 @@
     trainable.safetensors   the parameters that train (names as in the Learner)
     optimizer.pt            optimizer state (loaded with weights_only=True)
     rng.safetensors         torch's RNG state
-    state.json              {"step": next step to run, "history": the commands that ran so far, ...}
+    state.json              {"step": next step to run, "history": the commands that ran so far,
+                             "config": the resolved TrainConfig (for `python -m vla_prefix.export`), ...}
 """
 
 from __future__ import annotations

@@ -95,6 +95,49 @@ def count_summary(mode: str, learner, backbone_params: int) -> dict:
 
 
 # ---------------------------------------------------------------------- the run
+def build_learner(cfg: TrainConfig, run_dir: Path, ctx: DistContext, tasks) -> tuple:
+    """The mode's learner around its backbone: a fresh one (pretrain/scratch: built from `cfg.model`, with the
+    tokenizer saved in <run>/checkpoints/tokenizer when resuming, normalised on the training episodes) or the
+    frozen base (`cfg.base`). -> (learner, training episodes, backbone parameter count, base fingerprint or None)."""
+    task_ids = [t.id for t in tasks]
+    variants = instruction_variants(cfg, tasks)
+    if cfg.mode in FRESH_MODES:
+        corpus = [s for v in variants.values() for s in v]
+        saved = run_dir / "checkpoints" / "tokenizer"  # a resumed run keeps the tokenizer it started with
+        if not ctx.is_main:
+            ctx.barrier()  # DDP: rank 0 writes the tokenizer first; the others load that one
+        reuse = (cfg.resume or not ctx.is_main) and saved.is_dir()
+        tokenizer = AutoTokenizer.from_pretrained(str(saved)) if reuse else None
+        data_spec = DemoDataset(cfg.data.path).spec  # the backbone takes the training data's cameras
+        model_cfg = OmegaConf.merge(cfg.model, {"config": {"n_cameras": data_spec["n_cameras"],
+                                                           "cameras": data_spec["cameras"]}})
+        backbone = build_backbone(model_cfg, corpus=corpus, tokenizer=tokenizer)
+        if not saved.is_dir() and ctx.is_main:
+            with atomic_directory(saved) as tmp:
+                backbone.tokenizer.save_pretrained(str(tmp))
+        if ctx.is_main:
+            ctx.barrier()
+    else:
+        if not cfg.base:
+            raise ConfigError(f"mode={cfg.mode} adapts a base VLA: set base=<dir of a pretrained VLA> "
+                              "(make one with `python -m vla_prefix.train mode=pretrain`)")
+        backbone = VLA.from_pretrained(cfg.base)
+    base_fingerprint = backbone.fingerprint() if cfg.mode not in FRESH_MODES else None
+    episodes = load_training_data(cfg.data.path, task_ids, cfg.data.n_demos, backbone.vision.img_size,
+                                  backbone.config.n_cameras)
+    if cfg.mode in FRESH_MODES:
+        backbone.set_normalization(**normalization_stats(episodes))
+    backbone_params = backbone.num_parameters()
+    learner = make_learner(cfg.mode, backbone, task_ids, {t.id: t.instruction for t in tasks},
+                           cfg.prefix, cfg.lora, cfg.seed, cfg.freeze).to(cfg.device)
+    return learner, episodes, backbone_params, base_fingerprint
+
+
+def instruction_variants(cfg: TrainConfig, tasks) -> dict[str, list[str]]:
+    """task id -> the instructions it trains on: its own, then its paraphrases (if data.paraphrases)."""
+    return {t.id: [t.instruction] + (list(t.paraphrases) if cfg.data.paraphrases else []) for t in tasks}
+
+
 def train(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train per `cfg`, writing checkpoints, outputs and train_summary.json into `run_dir`.
 
@@ -131,7 +174,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     # ---- data
     tasks = select_tasks(cfg)
     task_ids = [t.id for t in tasks]
-    variants = {t.id: [t.instruction] + (list(t.paraphrases) if cfg.data.paraphrases else []) for t in tasks}
+    variants = instruction_variants(cfg, tasks)
 
     # ---- backbone and learner
     saved_state = checkpoint_state(run_dir) if cfg.resume else {}
@@ -140,35 +183,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         if started_on is not None and started_on != task_ids:
             raise ConfigError(f"this run started on tasks {started_on} but now selects {task_ids}; "
                               "resume with the same `task` (and task definitions)")
-    if cfg.mode in FRESH_MODES:
-        corpus = [s for v in variants.values() for s in v]
-        saved = run_dir / "checkpoints" / "tokenizer"  # a resumed run keeps the tokenizer it started with
-        if not ctx.is_main:
-            ctx.barrier()  # DDP: rank 0 writes the tokenizer first; the others load that one
-        reuse = (cfg.resume or not ctx.is_main) and saved.is_dir()
-        tokenizer = AutoTokenizer.from_pretrained(str(saved)) if reuse else None
-        data_spec = DemoDataset(cfg.data.path).spec  # the backbone takes the training data's cameras
-        model_cfg = OmegaConf.merge(cfg.model, {"config": {"n_cameras": data_spec["n_cameras"],
-                                                           "cameras": data_spec["cameras"]}})
-        backbone = build_backbone(model_cfg, corpus=corpus, tokenizer=tokenizer)
-        if not saved.is_dir() and ctx.is_main:
-            with atomic_directory(saved) as tmp:
-                backbone.tokenizer.save_pretrained(str(tmp))
-        if ctx.is_main:
-            ctx.barrier()
-    else:
-        if not cfg.base:
-            raise ConfigError(f"mode={cfg.mode} adapts a base VLA: set base=<dir of a pretrained VLA> "
-                              "(make one with `python -m vla_prefix.train mode=pretrain`)")
-        backbone = VLA.from_pretrained(cfg.base)
-    base_fingerprint = backbone.fingerprint() if cfg.mode not in FRESH_MODES else None
-    episodes = load_training_data(cfg.data.path, task_ids, cfg.data.n_demos, backbone.vision.img_size,
-                                  backbone.config.n_cameras)
-    if cfg.mode in FRESH_MODES:
-        backbone.set_normalization(**normalization_stats(episodes))
-    backbone_params = backbone.num_parameters()
-    learner = make_learner(cfg.mode, backbone, task_ids, {t.id: t.instruction for t in tasks},
-                           cfg.prefix, cfg.lora, cfg.seed, cfg.freeze).to(cfg.device)
+    learner, episodes, backbone_params, base_fingerprint = build_learner(cfg, run_dir, ctx, tasks)
+    backbone = learner.backbone
 
     dataset = ChunkDataset(episodes, task_ids, variants, backbone.tokenize, backbone.config.chunk,
                            cfg.data.augment_shift)
@@ -185,8 +201,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, 0.95))
 
     # ---- resume
-    logger = RunLogger(cfg.logger, run_dir, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-                       cfg.wandb, resume=cfg.resume) if ctx.is_main else NullLogger()
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # kept in each checkpoint (export)
+    logger = RunLogger(cfg.logger, run_dir, config, cfg.wandb, resume=cfg.resume) if ctx.is_main else NullLogger()
     start = 0
     if cfg.resume and checkpoint_dir(run_dir).exists():
         start = load_checkpoint(run_dir, learner, optimizer)  # every rank loads rank 0's checkpoint
@@ -253,7 +269,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
         if ctx.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.optim.steps):
             history[-1]["wall_s"] = round(time.perf_counter() - t0, 2)
             save_checkpoint(run_dir, learner, optimizer, step + 1,
-                            {"best": best, "tasks": task_ids, "history": history})
+                            {"best": best, "tasks": task_ids, "history": history, "config": config})
     bar.close()
     if not ctx.is_main:  # rank 0 writes the outputs; the others return its summary
         return ctx.broadcast_object(None)
@@ -269,7 +285,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     provenance = {"command": command, "history": history, "seed": cfg.seed,
                   "mode": cfg.mode, "tasks": task_ids, "data": cfg.data.path, "n_demos": cfg.data.n_demos,
                   "steps": cfg.optim.steps, "final_loss": loss_value,
-                  "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)}
+                  "config": config}
     outputs = save_outputs(cfg, learner, run_dir, tasks, provenance)
     summary = {
         "mode": cfg.mode,
