@@ -11,7 +11,8 @@ env units over the valid steps of each chunk (`train_l1` the same on the trainin
 `full_over_scratch` < 1 means the base's weights generalise to the task better than a random init.
 
 Rollout success is what the protocol reports; this asks the cheaper question first (minutes per task on
-2 cores), e.g. of a base still pretraining. Missing demos are collected into `--data` first (the base's
+2 cores), e.g. of a base still pretraining (`python -m vla_prefix.export RUN_DIR OUT_DIR` writes
+OUT_DIR/base from its last checkpoint). Missing demos are collected into `--data` first (the base's
 image size and cameras). The default lrs are the ML45 second calibration's choices. The JSON is printed
 as the last line. Run it from the repository root.
 """
@@ -38,6 +39,7 @@ from vla_prefix.sim.registry import resolve_tasks  # noqa: E402
 from vla_prefix.training import trainer  # noqa: E402
 from vla_prefix.training.config import compose_train_config  # noqa: E402
 from vla_prefix.training.data import ChunkDataset, load_training_data  # noqa: E402
+from vla_prefix.utils.atomic import atomic_write_json  # noqa: E402
 
 
 def action_l1(model: VLA, episodes: list[dict], task: str, instruction: str, batch: int = 256) -> float:
@@ -53,12 +55,13 @@ def action_l1(model: VLA, episodes: list[dict], task: str, instruction: str, bat
     return total / count
 
 
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def train_one(args, task: str, method: str, base_fingerprint: str) -> tuple[Path, dict]:
     """(model dir, train summary) of one method on the task's first n demos; reused when already trained
     (`full` per base; `scratch` per architecture, since it never loads the base's weights)."""
-    def digest(value) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
-
     architecture = digest(base_architecture(args.base))
     settings = f"data{digest(str(Path(args.data).resolve()))}_demos{args.n_demos}_steps{args.steps}" \
                f"_batch{args.batch_size}_seed{args.seed}"
@@ -115,8 +118,7 @@ def main() -> None:
     result = {"base": args.base, "base_fingerprint": fingerprint,
               "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
               "tasks": per_task, "mean_full_over_scratch": round(sum(ratios) / len(ratios), 4)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(json.dumps(result))
 
 
