@@ -205,6 +205,8 @@ def test_export_refuses_what_it_cannot_export_in_one_line(tiny_base, tmp_path, c
 
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         export_checkpoint(tmp_path / "no_run", tmp_path / "out")
+    with pytest.raises(ConfigError, match="no val-selected checkpoint.*checkpoint=last"):
+        export_checkpoint(tiny_base.parent, tmp_path / "out", checkpoint="best")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("keep me")
     with pytest.raises(SystemExit) as exit_info:
@@ -240,6 +242,13 @@ def test_validation_selects_the_checkpoint_on_val_seeds(tiny_base, tabletop_demo
     assert summary["val_best"] == {"score": best["val_success"], "step": best["step"]}
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
     assert list((tmp_path / "val_videos" / "step6").rglob("*.mp4"))  # rollout videos of each validation
+    from vla_prefix.export import export_checkpoint
+
+    out = export_checkpoint(tmp_path, tmp_path / "export", checkpoint="best")  # what the run wrote, its best
+    base = VLA.from_pretrained(tiny_base)
+    (_, meta_run), (_, meta_export) = (load_prefix(path, base) for path in
+                                       (summary["outputs"]["prefixes"][HELDOUT_TASK], out["prefixes"][HELDOUT_TASK]))
+    assert meta_export["sha256"] == meta_run["sha256"] and meta_export["steps"] == best["step"]
 
 
 def test_lora_leaves_the_frozen_vision_encoder_in_eval_mode(tiny_base):

@@ -1,12 +1,14 @@
 """Export a training run's last checkpoint as the outputs the run writes when it finishes.
 
     python -m vla_prefix.export runs/pretrain_metaworld exports/step40000
+    python -m vla_prefix.export runs/yellow-ball exports/yellow-ball-best --checkpoint best
 
 Evaluate or adapt from a base that is still pretraining, or from a run that was stopped: pretrain ->
 <out>/base, prefix/prompt -> <out>/prefixes/<task>.safetensors, others -> <out>/model (+ lora_adapter).
 The run's config comes from the checkpoint (state.json), its training data from that config's data.path
-(fresh backbones take their normalisation statistics from it). On a finished run without validation
-selection, the export equals the run's own outputs.
+(fresh backbones take their normalisation statistics from it). `--checkpoint best` takes the checkpoint
+chosen on the val seeds so far (`val.every` > 0). On a finished run, the export of the checkpoint it chose
+(`best` with validation, else `last`) equals the run's own outputs.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from .sim.registry import load_task_modules
 from .training.checkpoint import checkpoint_dir, checkpoint_state
 from .training.config import TrainConfig
 from .training.distributed import DistContext
-from .training.trainer import build_learner, save_outputs, select_tasks
+from .training.trainer import BEST_FILE, build_learner, save_outputs, select_tasks
 from .training.validation import restore_state
 
 
-def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> dict:
-    """Write <run_dir>'s last checkpoint, on CPU, as the run's outputs under `out_dir` -> the paths written."""
+def export_checkpoint(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "last") -> dict:
+    """Write <run_dir>'s `last` checkpoint, or its `best` on the val seeds so far (val.every > 0), on CPU, as
+    the run's outputs under `out_dir` -> the paths written."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if checkpoint not in ("last", "best"):
+        raise ConfigError(f"checkpoint must be last or best, got {checkpoint!r}")
     state = checkpoint_state(run_dir)
     if not state:
         raise ConfigError(f"{run_dir} holds no checkpoint ({checkpoint_dir(run_dir)}/state.json); "
@@ -41,14 +46,19 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> dict:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} is not empty; export into a new directory (nothing is overwritten)")
     cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"]))
-    cfg = replace(cfg, device="cpu", resume=True, optim=replace(cfg.optim, steps=state["step"]))  # steps it ran
+    if checkpoint == "best" and state.get("best", {}).get("step") is None:
+        raise ConfigError(f"{run_dir} has no val-selected checkpoint yet (it trains with val.every="
+                          f"{state['config']['val']['every']}); export checkpoint=last")
+    step = state["step"] if checkpoint == "last" else state["best"]["step"]
+    cfg = replace(cfg, device="cpu", resume=True, optim=replace(cfg.optim, steps=step))  # the steps it ran
     torch.manual_seed(cfg.seed)
     load_task_modules(cfg.task_modules)
     tasks = select_tasks(cfg)
     learner, _, _, _ = build_learner(cfg, run_dir, DistContext(device="cpu"), tasks)
-    restore_state(learner, load_file(str(checkpoint_dir(run_dir) / "trainable.safetensors")))
+    params = checkpoint_dir(run_dir) / "trainable.safetensors" if checkpoint == "last" else run_dir / BEST_FILE
+    restore_state(learner, load_file(str(params)))
     learner.eval()
-    provenance = {"exported_from": str(run_dir), "checkpoint_step": state["step"], "history": state["history"],
+    provenance = {"exported_from": str(run_dir), "checkpoint": checkpoint, "checkpoint_step": step, "history": state["history"],
                   "seed": cfg.seed, "mode": cfg.mode, "tasks": [t.id for t in tasks], "data": cfg.data.path,
                   "n_demos": cfg.data.n_demos, "steps": cfg.optim.steps, "config": state["config"]}
     return save_outputs(cfg, learner, out_dir, tasks, provenance)
@@ -60,10 +70,11 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a training run's out_dir (it holds checkpoints/last)")
     parser.add_argument("out_dir", help="where to write the outputs")
+    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                        help="last (default) or best: the best on the val seeds so far (runs with val.every > 0)")
     args = parser.parse_args(argv)
-    step = checkpoint_state(Path(args.run_dir)).get("step")
-    for name, path in export_checkpoint(args.run_dir, args.out_dir).items():
-        print(f"[export] step {step}: {name} -> {path}")
+    for name, path in export_checkpoint(args.run_dir, args.out_dir, args.checkpoint).items():
+        print(f"[export] {args.checkpoint} checkpoint: {name} -> {path}")
 
 
 if __name__ == "__main__":
