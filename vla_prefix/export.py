@@ -1,4 +1,5 @@
-"""Export a training run's last checkpoint as the outputs the run writes when it finishes.
+"""Export a training run's checkpoint (the last, or the best on the val seeds) as the outputs the run
+writes when it finishes.
 
     python -m vla_prefix.export runs/pretrain_metaworld exports/step40000
     python -m vla_prefix.export runs/yellow-ball exports/yellow-ball-best --checkpoint best
@@ -58,9 +59,9 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, checkpoint: str 
     params = checkpoint_dir(run_dir) / "trainable.safetensors" if checkpoint == "last" else run_dir / BEST_FILE
     restore_state(learner, load_file(str(params)))
     learner.eval()
-    provenance = {"exported_from": str(run_dir), "checkpoint": checkpoint, "checkpoint_step": step, "history": state["history"],
-                  "seed": cfg.seed, "mode": cfg.mode, "tasks": [t.id for t in tasks], "data": cfg.data.path,
-                  "n_demos": cfg.data.n_demos, "steps": cfg.optim.steps, "config": state["config"]}
+    provenance = {"exported_from": str(run_dir), "checkpoint": checkpoint, "checkpoint_step": step,
+                  "history": state["history"], "seed": cfg.seed, "mode": cfg.mode, "tasks": [t.id for t in tasks],
+                  "data": cfg.data.path, "n_demos": cfg.data.n_demos, "steps": step, "config": state["config"]}
     return save_outputs(cfg, learner, out_dir, tasks, provenance)
 
 
