@@ -2,13 +2,16 @@
 
     python benchmarks/transfer_probe.py --base checkpoints/metaworld_base --data data/metaworld_probe \
         [--suite metaworld] [--tasks heldout] [--n-demos 10] [--unseen 10] [--steps 500] \
-        [--lr-full 1e-3] [--lr-scratch 3e-4] [--out benchmarks/results/transfer_probe.json]
+        [--lr-full 1e-3] [--lr-scratch 3e-4] [--reinit vision] [--out benchmarks/results/transfer_probe.json]
 
 For each held-out task, the one trainer fine-tunes the base (`full`) and trains its architecture from a
 random init (`scratch`) on the task's first `--n-demos` demos (no checkpoint selection). Both models then
 predict the action chunks of the task's next `--unseen` demos, which neither saw: `unseen_l1` is the L1 in
 env units over the valid steps of each chunk (`train_l1` the same on the training demos).
 `full_over_scratch` < 1 means the base's weights generalise to the task better than a random init.
+`--reinit PART,...` asks which parts carry that: `full` then starts from the base with those top-level parts
+(vision, projector, camera_embed, proprio_proj, readout_embed, trunk, head) drawn at random (seed `--seed`),
+the rest and the base's normalisation kept; `scratch` is unchanged.
 
 Rollout success is what the protocol reports; this asks the cheaper question first (minutes per task on
 2 cores), e.g. of a base still pretraining (`python -m vla_prefix.export RUN_DIR OUT_DIR` writes
@@ -59,6 +62,23 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def reinit_base(base: str, parts: list[str], seed: int, work: str) -> str:
+    """A copy of the base (saved under `work`) whose top-level `parts` are drawn at random; -> its directory."""
+    model = VLA.from_pretrained(base)
+    kept = {"proprio_mean", "proprio_std", "action_mean", "action_std"}  # normalisation, not weights
+    names = {key.split(".")[0] for key in model.state_dict()} - kept
+    if not parts or set(parts) - names:
+        raise SystemExit(f"--reinit takes a comma-separated list of {sorted(names)}; got {parts}")
+    torch.manual_seed(seed)
+    fresh = VLA.from_recipe(base).state_dict()
+    model.load_state_dict({k: fresh[k] if k.split(".")[0] in parts else v for k, v in model.state_dict().items()})
+    model.refresh_fingerprint()
+    out = Path(work) / "bases" / f"{VLA.from_pretrained(base).fingerprint()}_reinit_{'-'.join(sorted(parts))}_seed{seed}"
+    if not out.is_dir():
+        model.save_pretrained(out, provenance=json.loads(Path(base, "training.json").read_text()))
+    return str(out)
+
+
 def train_one(args, task: str, method: str, base_fingerprint: str) -> tuple[Path, dict]:
     """(model dir, train summary) of one method on the task's first n demos; reused when already trained
     (`full` per base; `scratch` per architecture, since it never loads the base's weights)."""
@@ -92,6 +112,7 @@ def main() -> None:
     parser.add_argument("--lr-full", type=float, default=1e-3)
     parser.add_argument("--lr-scratch", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reinit", default="", help="comma-separated base parts `full` starts from at random")
     parser.add_argument("--work", default="outputs/transfer_probe")  # trained models (reused by a rerun)
     parser.add_argument("--out", default="benchmarks/results/transfer_probe.json")
     args = parser.parse_args()
@@ -99,6 +120,9 @@ def main() -> None:
     need = args.n_demos + args.unseen
     collect({"suite": args.suite, "task": [t.id for t in tasks], "n_demos": need, "out": args.data,
              "action_noise": 0.3, **base_observation(args.base), "workers": 2, "progress": False})
+    base = args.base
+    if args.reinit:
+        args.base = reinit_base(base, args.reinit.split(","), args.seed, args.work)
     fingerprint = VLA.from_pretrained(args.base).fingerprint()
     per_task = {}
     for task in tasks:
@@ -115,8 +139,9 @@ def main() -> None:
         per_task[task.id] = row
         print(task.id, row, flush=True)
     ratios = [r["full_over_scratch"] for r in per_task.values()]
-    result = {"base": args.base, "base_fingerprint": fingerprint,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
+    result = {"base": base, "base_fingerprint": VLA.from_pretrained(base).fingerprint(), "full_init": args.base,
+              "full_init_fingerprint": fingerprint,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("base", "work", "out")},
               "tasks": per_task, "mean_full_over_scratch": round(sum(ratios) / len(ratios), 4)}
     atomic_write_json(args.out, result)
     print(json.dumps(result))

@@ -137,6 +137,19 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     assert (tmp_path / "base" / "tokenizer").is_dir()
 
 
+def test_from_recipe_is_the_saved_architecture_with_fresh_seeded_weights(tmp_path):
+    vla = backbone("llama")
+    vla.save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    fresh = VLA.from_recipe(tmp_path / "base")
+    torch.manual_seed(1)
+    again = VLA.from_recipe(tmp_path / "base")
+    assert fresh.state_dict().keys() == vla.state_dict().keys()
+    assert fresh.saved_recipe() == VLA.from_pretrained(tmp_path / "base").saved_recipe()
+    assert fresh.fingerprint() == again.fingerprint() != vla.fingerprint()
+    assert len(fresh.tokenizer) == len(vla.tokenizer)
+
+
 def test_fingerprint_is_stable_and_sensitive():
     a, b = backbone("llama"), backbone("llama")
     assert a.fingerprint() == b.fingerprint()

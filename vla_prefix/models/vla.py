@@ -121,6 +121,14 @@ class VLA(nn.Module):
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise ConfigError(f"{path} is not a saved VLA (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
                               "create one with `python -m vla_prefix.train mode=pretrain`")
+        model = cls.from_recipe(path, attn_implementation)
+        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
+        return model.eval()  # like transformers' from_pretrained: ready for inference
+
+    @classmethod
+    def from_recipe(cls, path: str | Path, attn_implementation: str | None = None) -> "VLA":
+        """A randomly initialised VLA (torch's RNG) with the architecture and tokenizer saved in `path`."""
+        path = Path(path)
         recipe = json.loads((path / CONFIG_NAME).read_text())
         config = VLAConfig(**{"stream_order": "vision_first", **recipe["config"]})  # the order before it was set
         vision = hydra.utils.instantiate(recipe["vision"])
@@ -129,9 +137,7 @@ class VLA(nn.Module):
         head = hydra.utils.instantiate(recipe["head"], in_dim=trunk.hidden_size * config.n_readouts,
                                        chunk=config.chunk, action_dim=config.action_dim)
         tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
-        model = cls(vision, trunk, head, tokenizer, config, recipe)
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
-        return model.eval()  # like transformers' from_pretrained: ready for inference
+        return cls(vision, trunk, head, tokenizer, config, recipe)
 
     # ------------------------------------------------------------------ identity
     def saved_recipe(self) -> dict:
