@@ -65,6 +65,7 @@ def digest(value) -> str:
 def reinit_base(base: str, parts: list[str], seed: int, work: str) -> str:
     """A copy of the base (saved under `work`) whose top-level `parts` are drawn at random; -> its directory."""
     model = VLA.from_pretrained(base)
+    out = Path(work) / "bases" / f"{model.fingerprint()}_reinit_{'-'.join(sorted(parts))}_seed{seed}"
     kept = {"proprio_mean", "proprio_std", "action_mean", "action_std"}  # normalisation, not weights
     names = {key.split(".")[0] for key in model.state_dict()} - kept
     if not parts or set(parts) - names:
@@ -73,7 +74,6 @@ def reinit_base(base: str, parts: list[str], seed: int, work: str) -> str:
     fresh = VLA.from_recipe(base).state_dict()
     model.load_state_dict({k: fresh[k] if k.split(".")[0] in parts else v for k, v in model.state_dict().items()})
     model.refresh_fingerprint()
-    out = Path(work) / "bases" / f"{VLA.from_pretrained(base).fingerprint()}_reinit_{'-'.join(sorted(parts))}_seed{seed}"
     if not out.is_dir():
         model.save_pretrained(out, provenance=json.loads(Path(base, "training.json").read_text()))
     return str(out)
@@ -120,7 +120,7 @@ def main() -> None:
     need = args.n_demos + args.unseen
     collect({"suite": args.suite, "task": [t.id for t in tasks], "n_demos": need, "out": args.data,
              "action_noise": 0.3, **base_observation(args.base), "workers": 2, "progress": False})
-    base = args.base
+    base, base_fingerprint = args.base, VLA.from_pretrained(args.base).fingerprint()
     if args.reinit:
         args.base = reinit_base(base, args.reinit.split(","), args.seed, args.work)
     fingerprint = VLA.from_pretrained(args.base).fingerprint()
@@ -139,7 +139,7 @@ def main() -> None:
         per_task[task.id] = row
         print(task.id, row, flush=True)
     ratios = [r["full_over_scratch"] for r in per_task.values()]
-    result = {"base": base, "base_fingerprint": VLA.from_pretrained(base).fingerprint(), "full_init": args.base,
+    result = {"base": base, "base_fingerprint": base_fingerprint, "full_init": args.base,
               "full_init_fingerprint": fingerprint,
               "settings": {k: v for k, v in vars(args).items() if k not in ("base", "work", "out")},
               "tasks": per_task, "mean_full_over_scratch": round(sum(ratios) / len(ratios), 4)}
