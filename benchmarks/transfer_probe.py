@@ -117,12 +117,12 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/transfer_probe.json")
     args = parser.parse_args()
     tasks = resolve_tasks(args.suite, args.tasks)
+    base, base_fingerprint = args.base, VLA.from_pretrained(args.base).fingerprint()
+    if args.reinit:  # before collecting: a wrong part name fails at once
+        args.base = reinit_base(base, args.reinit.split(","), args.seed, args.work)
     need = args.n_demos + args.unseen
     collect({"suite": args.suite, "task": [t.id for t in tasks], "n_demos": need, "out": args.data,
              "action_noise": 0.3, **base_observation(args.base), "workers": 2, "progress": False})
-    base, base_fingerprint = args.base, VLA.from_pretrained(args.base).fingerprint()
-    if args.reinit:
-        args.base = reinit_base(base, args.reinit.split(","), args.seed, args.work)
     fingerprint = VLA.from_pretrained(args.base).fingerprint()
     per_task = {}
     for task in tasks:
