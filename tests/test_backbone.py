@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from backbones import FAMILIES, backbone, batch
 from vla_prefix.errors import ConfigError
-from vla_prefix.models import VLA
+from vla_prefix.models import VLA, read_weights
 from vla_prefix.models.attention import PROPRIO_BLOCK, READOUT_BLOCK, block_causal_mask, stream_blocks
 from vla_prefix.prefix.config import PrefixConfig, StreamConfig
 from vla_prefix.prefix.prefix_set import PrefixSet
@@ -198,6 +197,21 @@ def test_a_cnn_encoder_with_batchnorm_builds_saves_and_fingerprints(tmp_path):
     assert torch.equal(loaded.predict_actions(b), vla.predict_actions(b))
 
 
+def test_a_base_with_gzipped_weights_loads_the_same_model(tmp_path):
+    """model.safetensors.gz (`gzip -9n model.safetensors`: how a committed base stays under 20 MB) loads as is."""
+    import gzip
+
+    vla = backbone("llama")
+    vla.save_pretrained(tmp_path / "base")
+    weights = tmp_path / "base" / "model.safetensors"
+    (tmp_path / "base" / "model.safetensors.gz").write_bytes(gzip.compress(weights.read_bytes(), mtime=0))
+    with pytest.raises(ConfigError, match="keep one"):
+        VLA.from_pretrained(tmp_path / "base")
+    weights.unlink()
+    assert VLA.from_pretrained(tmp_path / "base").fingerprint() == vla.fingerprint()
+    assert read_weights(tmp_path / "base")[1]["fingerprint"] == vla.fingerprint()
+
+
 COMMITTED_BASES = sorted((Path(__file__).resolve().parents[1] / "checkpoints").glob("*_base"))
 
 
@@ -210,4 +224,4 @@ def test_a_committed_base_is_small_loads_and_says_how_it_was_made(base):
     assert made["command"].startswith("python -m vla_prefix.train mode=pretrain")
     assert made["steps"] > 0 and made["tasks"] and made["history"]
     vla = VLA.from_pretrained(base)
-    assert vla.fingerprint() == safe_open(str(base / "model.safetensors"), "pt").metadata()["fingerprint"]
+    assert vla.fingerprint() == read_weights(base)[1]["fingerprint"]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from safetensors.torch import load_file, save_file
 
-from conftest import HELDOUT_TASK, train_config
+from conftest import HELDOUT_TASK, PRETRAIN_TASKS, train_config
 from vla_prefix.errors import ConfigError
 from vla_prefix.models import VLA
 from vla_prefix.prefix.io import load_prefix
@@ -196,6 +197,32 @@ def test_export_writes_a_runs_outputs_from_its_last_checkpoint(tiny_base, tablet
     (a, meta_a), (b, meta_b) = (load_prefix(path, base) for path in
                                 (run / "prefixes" / f"{HELDOUT_TASK}.safetensors", out["prefixes"][HELDOUT_TASK]))
     assert meta_a["sha256"] == meta_b["sha256"] and meta_b["steps"] == 12
+
+
+def test_batchnorm_statistics_survive_a_resume_and_an_export(tabletop_demos, tmp_path):
+    """A CNN encoder's BatchNorm running statistics train too: a run stopped (by a NaN) and resumed, and the
+    export of its last checkpoint, give the uninterrupted run's base bit for bit."""
+    from vla_prefix.export import export_checkpoint
+
+    common = {"mode": "pretrain", "task": "[" + ",".join(PRETRAIN_TASKS) + "]", "data.path": str(tabletop_demos),
+              "optim.steps": 8, "optim.batch_size": 8, "checkpoint_every": 4,
+              "model.vision.name": "test_resnet", "model.vision.model_kwargs": "null"}
+    train(train_config(**common), tmp_path / "straight")
+    with pytest.raises(TrainingError):
+        train(train_config(**common, debug_nan_at_step=6), tmp_path / "stopped")
+    train(train_config(**common, resume="true"), tmp_path / "stopped")
+    exported = export_checkpoint(tmp_path / "stopped", tmp_path / "export")["base"]
+    straight = VLA.from_pretrained(tmp_path / "straight" / "base")
+    initial = VLA.from_recipe(tmp_path / "straight" / "base").state_dict()
+    trained_stats = [n for n, v in straight.state_dict().items() if "running_var" in n and not torch.equal(v, initial[n])]
+    assert trained_stats
+    for other in (tmp_path / "stopped" / "base", exported):
+        assert VLA.from_pretrained(other).fingerprint() == straight.fingerprint()
+    checkpoint = tmp_path / "stopped" / "checkpoints" / "last" / "trainable.safetensors"  # as written before the
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # statistics were kept: parameters only
+    save_file({n: v for n, v in load_file(checkpoint).items() if not n.endswith(statistics)}, checkpoint)
+    with pytest.raises(ConfigError, match="predates kept BatchNorm statistics"):
+        export_checkpoint(tmp_path / "stopped", tmp_path / "export_without_statistics")
 
 
 def test_export_refuses_what_it_cannot_export_in_one_line(tiny_base, tmp_path, capsys):

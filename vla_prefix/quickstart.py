@@ -57,6 +57,7 @@ ConfigStore.instance().store(name="quickstart", node=QuickstartConfig)
 
 def run(cfg: QuickstartConfig) -> dict:
     from .collect import collect
+    from .models.vla import weights_file
     from .evaluate import evaluate
     from .sim.registry import get_task
     from .sim.render import check_gl
@@ -68,7 +69,7 @@ def run(cfg: QuickstartConfig) -> dict:
     task = get_task(cfg.task)
     if task.split != "heldout":
         raise ConfigError(f"the quickstart adapts to a held-out task; {cfg.task} is a {task.split} task")
-    if not Path(cfg.base, "model.safetensors").is_file():
+    if not weights_file(cfg.base):
         raise ConfigError(f"no base VLA at {cfg.base}; make one with `python -m vla_prefix.train mode=pretrain "
                           "data.path=<pretrain demos> out_dir=<dir>` (see README) and pass base=<dir>/base")
     run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")

@@ -242,12 +242,13 @@ def compose_job(settings: SweepSettings, overrides: dict[str, Any]):
 
 def check_inputs(settings: SweepSettings, train_cfg) -> None:
     """Fail early, with the fix, on a missing base or dataset, an unknown task or bad prefix lengths."""
+    from .models.vla import weights_file
     from .sim.registry import get_task
 
     if train_cfg.mode in PREFIX_MODES:
         train_cfg.prefix.resolved()  # lengths >= 0, valid depth/init/site
     get_task(settings.task)  # UnknownTaskError names the closest ids
-    if not Path(settings.base, "model.safetensors").is_file():
+    if not weights_file(settings.base):
         raise ConfigError(f"base={settings.base!r} is not a base VLA folder; make one with `python -m vla_prefix.train "
                           "mode=pretrain ...` or the quickstart (`python -m vla_prefix.quickstart`)")
     if not Path(settings.data).is_dir():

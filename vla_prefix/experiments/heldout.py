@@ -488,14 +488,14 @@ def run(cfg: HeldoutConfig | DictConfig | dict, command: Optional[str] = None) -
 
     `command`: the command line that started it (recorded with the run's settings); None from Python.
     """
-    from ..models.vla import VLA
+    from ..models.vla import VLA, weights_file
     from ..sim.render import check_gl
 
     t0 = time.perf_counter()
     cfg = as_config(cfg)
     tasks = _task_ids(cfg.suite, cfg.task, "heldout", "task")
     forgetting_ids = _task_ids(cfg.suite, cfg.forgetting_task, "pretrain", "forgetting_task")
-    if not Path(cfg.base, "model.safetensors").is_file():
+    if not weights_file(cfg.base):
         raise ConfigError(f"base={cfg.base!r} is not a base VLA folder; pretrain one with `python -m vla_prefix.train "
                           f"mode=pretrain suite={cfg.suite} data.path=<pretrain demos> out_dir=<dir>` and pass "
                           "base=<dir>/base")

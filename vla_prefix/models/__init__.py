@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from .tokenizer import train_instruction_tokenizer
 from .trunk import resolve_model_path
-from .vla import VLA, VLAConfig
+from .vla import VLA, VLAConfig, read_weights, weights_file
 
 
 def build_backbone(model_cfg, corpus: list[str] | None = None, tokenizer=None) -> VLA:
@@ -31,4 +31,4 @@ def build_backbone(model_cfg, corpus: list[str] | None = None, tokenizer=None) -
     return VLA.build(cfg.vision, cfg.trunk, cfg.head, OmegaConf.to_container(cfg.config), tokenizer=tokenizer)
 
 
-__all__ = ["VLA", "VLAConfig", "build_backbone"]
+__all__ = ["VLA", "VLAConfig", "build_backbone", "read_weights", "weights_file"]

@@ -15,6 +15,7 @@ identically wherever the backbone runs.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -23,7 +24,8 @@ from typing import Optional
 
 import hydra.utils
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load, load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
@@ -36,6 +38,32 @@ from .trunk import LMTrunk
 from .vision import VisionEncoder
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+COMPRESSED_WEIGHTS_NAME = WEIGHTS_NAME + ".gz"  # the same file, gzip-compressed (`gzip -9n model.safetensors`)
+
+
+def weights_file(path: str | Path) -> Path | None:
+    """The weights of the VLA saved in directory `path`: model.safetensors or model.safetensors.gz (how a
+    committed base is kept under the repository's 20 MB limit); None if `path` is not a saved VLA."""
+    path = Path(path)
+    found = [path / name for name in (WEIGHTS_NAME, COMPRESSED_WEIGHTS_NAME) if (path / name).is_file()]
+    if len(found) > 1:
+        raise ConfigError(f"{path} holds both {WEIGHTS_NAME} and {COMPRESSED_WEIGHTS_NAME}; keep one")
+    return found[0] if found and (path / CONFIG_NAME).is_file() else None
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata) of the VLA saved in directory `path`, from either weights file."""
+    file = weights_file(path)
+    if file is None:
+        raise ConfigError(f"{path} is not a saved VLA (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
+                          "create one with `python -m vla_prefix.train mode=pretrain`")
+    if file.name == COMPRESSED_WEIGHTS_NAME:
+        data = gzip.decompress(file.read_bytes())  # safetensors: 8-byte header length, JSON header, tensors
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        return load(data), header.get("__metadata__", {})
+    with safe_open(str(file), "pt") as f:
+        metadata = f.metadata() or {}
+    return load_file(str(file)), metadata
 
 
 @dataclass
@@ -116,13 +144,11 @@ class VLA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, attn_implementation: str | None = None) -> "VLA":
-        """Load a directory written by `save_pretrained` (no network), in eval mode."""
-        path = Path(path)
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise ConfigError(f"{path} is not a saved VLA (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                              "create one with `python -m vla_prefix.train mode=pretrain`")
+        """Load a directory written by `save_pretrained` (no network; its weights may be gzip-compressed), in
+        eval mode."""
+        state, _ = read_weights(path)
         model = cls.from_recipe(path, attn_implementation)
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
+        model.load_state_dict(state, strict=True)
         return model.eval()  # like transformers' from_pretrained: ready for inference
 
     @classmethod

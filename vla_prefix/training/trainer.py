@@ -25,13 +25,14 @@ from ..prefix.io import save_prefix
 from ..sim.registry import load_task_modules, resolve_tasks
 from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from ..utils.progress import progress_bar
-from .checkpoint import checkpoint_dir, checkpoint_state, load_checkpoint, save_checkpoint
+from .checkpoint import (checkpoint_dir, checkpoint_state, load_checkpoint, restore_state, save_checkpoint,
+                         trainable_state)
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
 from .distributed import DistContext, loss_terms, session
 from .loggers import NullLogger, RunLogger
 from .modes import BACKBONE_MODES, FRESH_MODES, PREFIX_MODES, make_learner, merge_lora
-from .validation import restore_state, trainable_state, validate
+from .validation import validate
 
 
 class TrainingError(VLAPrefixError):

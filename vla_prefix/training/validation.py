@@ -34,14 +34,3 @@ def validate(learner, task_ids: list[str], cfg, cameras, video_dir=None) -> tupl
         videos += [e.video for e in episodes if e.video]
     learner.train(was_training)
     return rates, videos
-
-
-def trainable_state(learner) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in learner.named_parameters() if p.requires_grad}
-
-
-def restore_state(learner, state: dict[str, torch.Tensor]) -> None:
-    named = dict(learner.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            named[name].copy_(value)
