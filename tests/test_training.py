@@ -199,7 +199,7 @@ def test_export_writes_a_runs_outputs_from_its_last_checkpoint(tiny_base, tablet
     assert meta_a["sha256"] == meta_b["sha256"] and meta_b["steps"] == 12
 
 
-def test_batchnorm_statistics_survive_a_resume_and_an_export(tabletop_demos, tmp_path):
+def test_batchnorm_statistics_survive_a_resume_and_an_export(tabletop_demos, tmp_path, capsys):
     """A CNN encoder's BatchNorm running statistics train too: a run stopped (by a NaN) and resumed, and the
     export of its last checkpoint, give the uninterrupted run's base bit for bit."""
     from vla_prefix.export import export_checkpoint
@@ -221,8 +221,12 @@ def test_batchnorm_statistics_survive_a_resume_and_an_export(tabletop_demos, tmp
     checkpoint = tmp_path / "stopped" / "checkpoints" / "last" / "trainable.safetensors"  # as written before the
     statistics = ("running_mean", "running_var", "num_batches_tracked")  # statistics were kept: parameters only
     save_file({n: v for n, v in load_file(checkpoint).items() if not n.endswith(statistics)}, checkpoint)
-    with pytest.raises(ConfigError, match="predates kept BatchNorm statistics"):
+    with pytest.raises(ConfigError, match="lacks BatchNorm statistics"):
         export_checkpoint(tmp_path / "stopped", tmp_path / "export_without_statistics")
+    with pytest.raises(ConfigError, match="use them as they are"):  # a finished run keeps its own outputs
+        train(train_config(**common, resume="true"), tmp_path / "stopped")
+    train(train_config(**{**common, "optim.steps": 12}, resume="true"), tmp_path / "stopped")  # re-accumulates
+    assert "lacks BatchNorm statistics" in capsys.readouterr().out
 
 
 def test_export_refuses_what_it_cannot_export_in_one_line(tiny_base, tmp_path, capsys):

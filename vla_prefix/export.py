@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from .errors import ConfigError, cli_errors
 from .sim.registry import load_task_modules
-from .training.checkpoint import checkpoint_dir, checkpoint_state, restore_state, trainable_names
+from .training.checkpoint import checkpoint_dir, checkpoint_state, missing_statistics, restore_state
 from .training.config import TrainConfig
 from .training.distributed import DistContext
 from .training.trainer import BEST_FILE, build_learner, save_outputs, select_tasks
@@ -57,10 +57,10 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, checkpoint: str 
     learner, _, _, _ = build_learner(cfg, run_dir, DistContext(device="cpu"), tasks)
     params = checkpoint_dir(run_dir) / "trainable.safetensors" if checkpoint == "last" else run_dir / BEST_FILE
     saved = load_file(str(params))
-    stale = sorted(trainable_names(learner) - set(saved))
-    if stale:
-        raise ConfigError(f"{params} predates kept BatchNorm statistics (e.g. {stale[0]}), so an export would carry "
-                          "their starting values, not the trained ones; use the finished run's own outputs, or "
+    missing = missing_statistics(learner, saved)
+    if missing:
+        raise ConfigError(f"{params} lacks BatchNorm statistics (e.g. {missing[0]}; written before checkpoints kept "
+                          "them), so an export would carry untrained ones; use the finished run's own outputs, or "
                           "resume it (resume=true, more optim.steps) until it writes a new checkpoint")
     restore_state(learner, saved)
     learner.eval()

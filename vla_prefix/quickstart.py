@@ -57,8 +57,8 @@ ConfigStore.instance().store(name="quickstart", node=QuickstartConfig)
 
 def run(cfg: QuickstartConfig) -> dict:
     from .collect import collect
-    from .models.vla import weights_file
     from .evaluate import evaluate
+    from .models.vla import weights_file
     from .sim.registry import get_task
     from .sim.render import check_gl
     from .training.config import compose_train_config

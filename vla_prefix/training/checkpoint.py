@@ -38,6 +38,12 @@ def trainable_state(learner) -> dict[str, torch.Tensor]:
     return {n: state[n].detach().cpu().clone().contiguous() for n in sorted(trainable_names(learner))}
 
 
+def missing_statistics(learner, saved: dict[str, torch.Tensor]) -> list[str]:
+    """The `trainable_names` buffers that `saved` lacks: it was written before checkpoints kept BatchNorm
+    statistics (12-08), so restoring it leaves them at their values before the run."""
+    return sorted(trainable_names(learner) - set(saved))
+
+
 def restore_state(learner, state: dict[str, torch.Tensor]) -> None:
     """Copy a `trainable_state` back into the learner."""
     named = {**dict(learner.named_parameters()), **dict(learner.named_buffers())}
@@ -66,21 +72,25 @@ def save_checkpoint(run_dir: Path, learner, optimizer, step: int, extra: dict | 
     return path
 
 
-def load_checkpoint(run_dir: Path, learner, optimizer) -> int:
-    """Restore the trained state, optimizer and RNG from the last checkpoint. Returns the step to run next."""
+def load_checkpoint(run_dir: Path, learner, optimizer, steps: int) -> int:
+    """Restore the trained state, optimizer and RNG from the last checkpoint of a run of `steps` steps.
+    Returns the step to run next."""
     path = checkpoint_dir(run_dir)
     state = json.loads((path / "state.json").read_text())
     saved = load_file(str(path / "trainable.safetensors"))
-    trained, expected = {n for n, p in learner.named_parameters() if p.requires_grad}, trainable_names(learner)
-    wrong = sorted(trained - set(saved)) or sorted(set(saved) - expected)
+    trained = {n for n, p in learner.named_parameters() if p.requires_grad}
+    wrong = sorted(trained - set(saved)) or sorted(set(saved) - trainable_names(learner))
     if wrong:
         raise ConfigError(f"the checkpoint in {path} does not match this run's trainable parameters "
                           f"(e.g. {wrong[:3]}); resume with the same config")
-    stale = sorted(expected - set(saved))  # a checkpoint written before the statistics were kept
-    if stale:
-        print(f"[resume] the checkpoint in {path} predates kept BatchNorm statistics ({len(stale)} buffers, e.g. "
-              f"{stale[0]}): they keep their starting values and re-accumulate as training goes on",
-              flush=True)
+    missing = missing_statistics(learner, saved)
+    if missing and int(state["step"]) >= steps:
+        raise ConfigError(f"the checkpoint in {path} lacks BatchNorm statistics (e.g. {missing[0]}; written before "
+                          f"checkpoints kept them) and the run has no steps left to re-accumulate them; its own "
+                          f"outputs hold the trained ones: use them as they are (resuming would rewrite them)")
+    if missing:
+        print(f"[resume] the checkpoint in {path} lacks BatchNorm statistics (e.g. {missing[0]}; written before "
+              "checkpoints kept them): they restart from the values before the run and re-accumulate", flush=True)
     restore_state(learner, saved)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])

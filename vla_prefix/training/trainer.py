@@ -25,8 +25,8 @@ from ..prefix.io import save_prefix
 from ..sim.registry import load_task_modules, resolve_tasks
 from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from ..utils.progress import progress_bar
-from .checkpoint import (checkpoint_dir, checkpoint_state, load_checkpoint, restore_state, save_checkpoint,
-                         trainable_state)
+from .checkpoint import (checkpoint_dir, checkpoint_state, load_checkpoint, missing_statistics, restore_state,
+                         save_checkpoint, trainable_state)
 from .config import MODES, TrainConfig
 from .data import ChunkDataset, StepBatchSampler, load_training_data, normalization_stats
 from .distributed import DistContext, loss_terms, session
@@ -206,7 +206,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
     logger = RunLogger(cfg.logger, run_dir, config, cfg.wandb, resume=cfg.resume) if ctx.is_main else NullLogger()
     start = 0
     if cfg.resume and checkpoint_dir(run_dir).exists():
-        start = load_checkpoint(run_dir, learner, optimizer)  # every rank loads rank 0's checkpoint
+        start = load_checkpoint(run_dir, learner, optimizer, cfg.optim.steps)  # every rank loads rank 0's checkpoint
     ctx.broadcast_params(params)
     logger.metrics.truncate(start)
     logger.val.truncate(start + 1)
@@ -280,7 +280,11 @@ def _train(cfg: TrainConfig, run_dir: str | Path, ctx: DistContext) -> dict:
 
     # ---- outputs
     if best["score"] is not None:  # the checkpoint chosen on the val seeds
-        restore_state(learner, load_file(str(run_dir / BEST_FILE)))
+        kept = load_file(str(run_dir / BEST_FILE))
+        if missing_statistics(learner, kept):
+            print(f"[train] {run_dir / BEST_FILE} lacks BatchNorm statistics (written before checkpoints kept them): "
+                  "the outputs pair its parameters with the last step's statistics", flush=True)
+        restore_state(learner, kept)
     learner.eval()
     counts = count_summary(cfg.mode, learner, backbone_params)
     provenance = {"command": command, "history": history, "seed": cfg.seed,
