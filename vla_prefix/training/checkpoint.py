@@ -1,8 +1,8 @@
 """Periodic training checkpoints, written atomically: a killed run resumes from the last one.
 
 <run>/checkpoints/last/
-    trainable.safetensors   the trained state (`trainable_state`: the parameters that train and the BatchNorm
-                            statistics of the modules that own them; names as in the Learner)
+    trainable.safetensors   the trained state (`trainable_state`: the parameters that train and the running
+                            statistics of the BatchNorm layers that train; names as in the Learner)
     optimizer.pt            optimizer state (loaded with weights_only=True)
     rng.safetensors         torch's RNG state
     state.json              {"step": next step to run, "history": the commands that ran so far,
@@ -22,14 +22,16 @@ from ..utils.atomic import atomic_directory
 
 
 def trainable_names(learner) -> set[str]:
-    """The learner's state that training changes: the parameters that train, plus the persistent buffers of the
-    modules that own them (BatchNorm running statistics, updated in train mode). Frozen parts stay in eval
-    mode, so their buffers never change."""
+    """The learner's state that training changes: the parameters that train, plus the running statistics of the
+    BatchNorm layers in the backbone parts that train (`Learner.train` keeps the other parts in eval mode, where
+    those statistics never move)."""
     names = {n for n, p in learner.named_parameters() if p.requires_grad}
-    for prefix, module in learner.named_modules():
-        if any(p.requires_grad for p in module.parameters(recurse=False)):
-            names.update(n for n, _ in module.named_buffers(prefix=prefix, recurse=False))
-    return names & set(learner.state_dict(keep_vars=True))  # drops non-persistent buffers (rotary frequencies)
+    for part_name, part in learner.backbone.named_children():
+        if any(p.requires_grad for p in part.parameters()):
+            for prefix, module in part.named_modules(prefix=f"backbone.{part_name}"):
+                if getattr(module, "track_running_stats", False):  # BatchNorm (and InstanceNorm that tracks)
+                    names.update(n for n, _ in module.named_buffers(prefix=prefix, recurse=False))
+    return names
 
 
 def trainable_state(learner) -> dict[str, torch.Tensor]:
@@ -79,7 +81,8 @@ def load_checkpoint(run_dir: Path, learner, optimizer, steps: int) -> int:
     state = json.loads((path / "state.json").read_text())
     saved = load_file(str(path / "trainable.safetensors"))
     trained = {n for n, p in learner.named_parameters() if p.requires_grad}
-    wrong = sorted(trained - set(saved)) or sorted(set(saved) - trainable_names(learner))
+    buffers = {n for n, _ in learner.named_buffers()}
+    wrong = sorted(trained - set(saved)) or sorted(set(saved) - trained - buffers)  # buffers restore as saved
     if wrong:
         raise ConfigError(f"the checkpoint in {path} does not match this run's trainable parameters "
                           f"(e.g. {wrong[:3]}); resume with the same config")
